@@ -1,0 +1,242 @@
+"""train.py: the WeNet schedule, device choice, atomic checkpoints, non-finite steps, exact
+resume, Gloo DDP, gradient checkpointing, and one short toy run per stage."""
+
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+
+# ----------------------------------------------------------------------------- stand-in pieces
+# The generic loop is tested on a tiny regression model first (fast, independent of the model
+# files); the per-stage tests below use the real model and toy data.
+
+
+class StandIn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 1)
+        )
+        self.frozen = torch.nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, batch):
+        return self.body(self.frozen(batch["x"])).squeeze(-1)
+
+
+def standin_step(model, batch):
+    loss = torch.nn.functional.mse_loss(model(batch), batch["y"]) * batch.get("scale", 1.0)
+    return loss, batch["x"].shape[0]
+
+
+def standin_epoch(n_batches=6, nan_at=()):
+    def make(epoch, start):
+        g = torch.Generator().manual_seed(100 + epoch)
+        w = torch.linspace(-1, 1, 8)
+        for i in range(n_batches):
+            x = torch.randn(4, 8, generator=g)
+            if i < start:
+                continue
+            b = {"x": x, "y": x @ w}
+            if (epoch, i) in nan_at:
+                b["scale"] = float("nan")
+            yield b
+
+    return make
+
+
+def standin_args(tmp_path, *extra):
+    return train.parse_args(
+        [
+            "--stage",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--lr",
+            "1e-2",
+            "--warmup",
+            "2",
+            "--accum",
+            "2",
+            "--eval-every",
+            "0",
+            "--log-every",
+            "1",
+            *extra,
+        ]
+    )
+
+
+def standin_run(tmp_path, *extra, nan_at=()):
+    torch.manual_seed(0)
+    model = StandIn()
+    (tmp_path).mkdir(parents=True, exist_ok=True)
+    args = standin_args(tmp_path, *extra)
+    res = train.train_loop(
+        args,
+        model,
+        standin_step,
+        standin_epoch(nan_at=nan_at),
+        standin_epoch(),
+        {"model": "stand-in"},
+        "cpu",
+    )
+    return model, res
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_warmup_lr_matches_wenet_formula():
+    # WeNet WarmupLR: lr * w^0.5 * min(s^-0.5, s * w^-1.5): lr/2 halfway through warm-up,
+    # lr at s = w, lr / 2 at s = 4w, lr / 10 at s = 100w.
+    lr, w = 5e-4, 2000
+    assert train.warmup_lr(1000, lr, w) == pytest.approx(lr / 2)
+    assert train.warmup_lr(2000, lr, w) == pytest.approx(lr)
+    assert train.warmup_lr(8000, lr, w) == pytest.approx(lr / 2)
+    assert train.warmup_lr(200_000, lr, w) == pytest.approx(lr / 10)
+
+
+def test_release_defaults_and_overrides():
+    a = train.parse_args(["--stage", "3", "--preset", "iosum-pangu-7b"])
+    assert (a.lr, a.warmup, a.accum, a.clip, a.weight_decay) == (5e-4, 2000, 4, 5.0, 0.01)
+    assert a.out == "runs/iosum-pangu-7b/stage3"
+    b = train.parse_args(
+        ["--stage", "3", "--preset", "iosum-pangu-7b", "--lr", "1e-4", "--accum", "8"]
+    )
+    assert (b.lr, b.accum) == (1e-4, 8)
+
+
+def test_optimizer_is_the_release_adamw(tmp_path):
+    model, _ = standin_run(tmp_path, "--steps", "1")
+    state = torch.load(tmp_path / "step_0000001" / "train_state.pt", weights_only=True)
+    g = state["optimizer"]["param_groups"][0]
+    assert (g["betas"], g["eps"], g["weight_decay"]) == ((0.9, 0.99), 1e-6, 0.01)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_device_auto_picks_fake_npu(monkeypatch):
+    fake = types.ModuleType("torch_npu")
+    calls = []
+    monkeypatch.setitem(sys.modules, "torch_npu", fake)
+    monkeypatch.setattr(
+        torch,
+        "npu",
+        types.SimpleNamespace(is_available=lambda: True, set_device=calls.append),
+        raising=False,
+    )
+    assert train.pick_device("auto", local_rank=1) == "npu:1"
+    assert calls == [1]
+    assert train.BACKENDS["npu"] == "hccl"
+    assert train.use_bf16("npu:1", "auto") and not train.use_bf16("cpu", "auto")
+
+
+def test_device_npu_present_but_not_reporting_one_is_not_picked(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
+    monkeypatch.setattr(
+        torch, "npu", types.SimpleNamespace(is_available=lambda: False), raising=False
+    )
+    if not torch.cuda.is_available():
+        assert train.pick_device("auto") == "cpu"
+    with pytest.raises(SystemExit, match="no Ascend NPU"):
+        train.pick_device("npu")
+
+
+def test_absent_devices_asked_for_explicitly_are_clear_errors(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # `import torch_npu` raises ImportError
+    with pytest.raises(SystemExit, match="--device npu: no Ascend NPU"):
+        train.pick_device("npu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the absent-CUDA error cannot be shown")
+    with pytest.raises(SystemExit, match="--device cuda: .* sees no CUDA device"):
+        train.pick_device("cuda")
+    assert train.pick_device("cpu") == "cpu"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_killed_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    model, _ = standin_run(tmp_path, "--steps", "2")
+    before = load_file(tmp_path / "step_0000002" / "model.safetensors")
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):  # writes half a file, then the process "dies"
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:
+            fh.truncate(100)
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(train.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        standin_run(tmp_path, "--steps", "3", "--resume")
+    monkeypatch.undo()
+    ckpt = train.find_checkpoint(tmp_path)
+    assert ckpt.name == "step_0000002"
+    weights, _, state = train.load_checkpoint(ckpt)
+    assert state["step"] == 2
+    assert all(torch.equal(weights[k], before[k]) for k in before)
+    # the rename itself failing leaves it intact too, and the next save cleans up
+    monkeypatch.setattr(train.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError):
+        standin_run(tmp_path, "--steps", "3", "--resume")
+    monkeypatch.undo()
+    assert train.find_checkpoint(tmp_path).name == "step_0000002"
+    standin_run(tmp_path, "--steps", "3", "--resume")
+    assert train.find_checkpoint(tmp_path).name == "step_0000003"
+    assert not list(tmp_path.glob(".step_*"))
+
+
+def test_keep_last_k(tmp_path):
+    standin_run(tmp_path, "--steps", "5", "--save-every", "1", "--keep", "2")
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000004", "step_0000005"]
+
+
+def test_resume_is_exact_on_stand_in(tmp_path):
+    # 6 batches per epoch, 2 per step: the resumed half crosses an epoch boundary
+    m_full, full = standin_run(tmp_path / "a", "--steps", "6")
+    standin_run(tmp_path / "b", "--steps", "3")
+    m_res, res = standin_run(tmp_path / "b", "--steps", "6", "--resume")
+    assert [r["step"] for r in res["history"]] == [4, 5, 6]
+    torch.testing.assert_close(
+        [r["loss"] for r in res["history"]],
+        [r["loss"] for r in full["history"][3:]],
+        rtol=1e-6,
+        atol=0,
+    )
+    for (n, a), b in zip(m_full.state_dict().items(), m_res.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+
+def test_non_finite_loss_is_skipped_and_counted(tmp_path):
+    torch.manual_seed(0)
+    m0 = StandIn()
+    model, res = standin_run(tmp_path, "--steps", "3", nan_at={(0, 2)})  # batch 2 = step 2
+    assert [r["skipped"] for r in res["history"]] == [False, True, False]
+    assert res["bad_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(m0.body[0].weight, model.body[0].weight)
+
+
+def test_too_many_non_finite_steps_stop_with_clear_error(tmp_path):
+    nan_at = {(e, i) for e in range(3) for i in range(6)}
+    with pytest.raises(train.NonFiniteError, match="non-finite.*--max-bad-steps 2"):
+        standin_run(tmp_path, "--steps", "10", "--max-bad-steps", "2", nan_at=nan_at)
+
+
+def test_log_file_written(tmp_path):
+    standin_run(tmp_path, "--steps", "2")
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert os.path.exists(tmp_path / "latest")

@@ -1,0 +1,538 @@
+"""Train I-OSUM-Pangu in the three stages of the paper (arXiv 2603.10862, SPEC §9), plus a
+stage 0 that pretrains the toy Pangu, so the toy study starts from a base LLM as the real one
+starts from openPangu. Mirrors the release's WeNet recipe (wenet/utils/executor.py,
+train_utils.py): AdamW, "warmuplr", clip 5, accumulation 4, bf16 autocast, torchrun + DDP.
+
+    python train.py --stage 1                     # toy stage 1 on the CPU, makes what it lacks
+    torchrun --nproc_per_node 8 train.py --stage 3 --preset iosum-pangu-7b --init ... --data ...
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+# The release's optimisation settings (SPEC §9), used for every preset but the toy ones.
+RELEASE = dict(
+    lr=5e-4,
+    warmup=2000,
+    accum=4,
+    clip=5.0,
+    weight_decay=0.01,
+    steps=100_000,
+    batch_frames=60_000,
+    eval_every=2000,
+    eval_batches=200,
+    save_every=2000,
+    log_every=10,
+)
+# Toy presets: sized so that `python train.py --stage 1` (stage 0 included) takes minutes on a
+# 2-core CPU. (our choice, tuned on the toy world; the recipe is otherwise the release's.)
+TOY = {
+    0: dict(lr=2e-3, warmup=50, steps=300, batch_frames=0, eval_every=100, save_every=100),
+    1: dict(lr=2e-3, warmup=50, steps=300, batch_frames=12_000, eval_every=100, save_every=100),
+    2: dict(lr=1e-3, warmup=20, steps=150, batch_frames=12_000, eval_every=50, save_every=50),
+    3: dict(lr=1e-3, warmup=50, steps=300, batch_frames=12_000, eval_every=100, save_every=100),
+}
+TOY_COMMON = dict(accum=4, clip=5.0, weight_decay=0.01, eval_batches=8, log_every=5)
+TOY_PRESETS = ("toy", "tiny")
+BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+IGNORE_ID = -100
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def npu_available() -> bool:
+    """True when the Ascend plugin imports and reports at least one NPU."""
+    try:
+        import torch_npu  # noqa: F401  (registers torch.npu)
+    except ImportError:
+        return False
+    return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def pick_device(name: str, local_rank: int = 0) -> str:
+    """'auto' | 'npu' | 'cuda' | 'cpu' -> a device string such as 'npu:0'. Never falls back:
+    a device asked for by name that is not there is an error."""
+    if name == "auto":
+        name = "npu" if npu_available() else "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "npu" and not npu_available():
+        raise SystemExit(
+            "--device npu: no Ascend NPU found (torch_npu does not import, or "
+            "torch.npu.is_available() is False). Install torch_npu + CANN, or pick another --device."
+        )
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device "
+            f"(built with CUDA: {torch.version.cuda}). Pick another --device."
+        )
+    elif name not in ("npu", "cuda", "cpu"):
+        raise SystemExit(f"--device {name}: expected auto, npu, cuda or cpu")
+    if name == "cpu":
+        return "cpu"
+    getattr(torch, name).set_device(local_rank)
+    return f"{name}:{local_rank}"
+
+
+def use_bf16(device: str, precision: str) -> bool:
+    """bf16 autocast where the device supports it, float32 on the CPU (unless asked)."""
+    kind = device.split(":")[0]
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return kind == "npu"
+
+
+def peak_memory_gb(device: str) -> float:
+    kind = device.split(":")[0]
+    if kind in ("cuda", "npu"):
+        return getattr(torch, kind).max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS, KiB on Linux
+
+
+def synchronize(device: str) -> None:
+    kind = device.split(":")[0]
+    if kind in ("cuda", "npu"):
+        getattr(torch, kind).synchronize()
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def warmup_lr(step: int, lr: float, warmup: int) -> float:
+    """WeNet's WarmupLR: linear warm-up to `lr` at step `warmup`, then lr * sqrt(warmup / step).
+    `step` counts from 1 (WeNet's last_epoch + 1)."""
+    step = max(step, 1)
+    if warmup <= 0:
+        return lr * step**-0.5
+    return lr * warmup**0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def rng_state(device: str) -> dict:
+    """Every generator a step draws from, as tensors and plain Python values."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    kind = device.split(":")[0]
+    if kind in ("cuda", "npu"):
+        state[kind] = getattr(torch, kind).get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict, device: str) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    kind = device.split(":")[0]
+    if kind in state:
+        getattr(torch, kind).set_rng_state(state[kind])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+# out/step_0000100/{model.safetensors, config.json, train_state.pt} and out/latest (a text file
+# naming the newest complete one). A checkpoint is written into a hidden temporary folder next
+# to its final place, every file fsynced, then renamed in one os.replace; `latest` is replaced
+# the same way only after that. A save killed at any point leaves the previous one intact.
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def save_checkpoint(out: Path, step: int, weights: dict, config: dict, state: dict, keep: int):
+    final = out / f"step_{step:07d}"
+    tmp = out / f".step_{step:07d}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors"
+    )
+    (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    torch.save(state, tmp / "train_state.pt")
+    for f in tmp.iterdir():
+        fsync_file(f)
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run that ends where it began)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(out)
+    atomic_write_text(out / "latest", final.name + "\n")
+    old = sorted(p for p in out.glob("step_*") if p.is_dir() and p != final)
+    for p in old[: max(len(old) - (keep - 1), 0)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".step_*.tmp*"):  # leftovers of killed saves
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run folder (-> its `latest`) or a step folder -> the step folder."""
+    if (path / "latest").exists():
+        path = path / (path / "latest").read_text().strip()
+    if not (path / "train_state.pt").exists():
+        raise SystemExit(f"--resume: {path} holds no checkpoint (no latest / train_state.pt)")
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    weights = load_file(path / "model.safetensors")
+    config = json.loads((path / "config.json").read_text())
+    state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
+    return weights, config, state
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def count(n: int) -> str:
+    return (
+        f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+    )
+
+
+def describe_trainable(model: torch.nn.Module) -> str:
+    """Trainable parameter counts per top-level part (LoRA counted apart)."""
+    groups: dict[str, list[int]] = {}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        part = name.split(".")[0] + (".lora" if "lora_" in name else "")
+        g = groups.setdefault(part, [0, 0])
+        g[1] += p.numel()
+        total += p.numel()
+        if p.requires_grad:
+            g[0] += p.numel()
+            trainable += p.numel()
+    lines = [f"trainable {count(trainable)} of {count(total)} parameters:"]
+    for part, (t, n) in groups.items():
+        lines.append(
+            f"  {part:<24} {'train' if t else 'frozen':<6} {count(t) if t else count(n):>10}"
+        )
+    return "\n".join(lines)
+
+
+def trainable_state(model: torch.nn.Module) -> dict:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def batch_to(batch: dict, device: str) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def train_batches(make_epoch, epoch: int, index: int):
+    """Yield (epoch, index_after, batch) forever from `make_epoch(epoch, start)`, which yields
+    the batches of one epoch starting at batch `start` (the data position of a resumed run)."""
+    while True:
+        for batch in make_epoch(epoch, index):
+            index += 1
+            yield epoch, index, batch
+        if index == 0:
+            raise SystemExit("the training data yielded no batch: check --data and the filters")
+        epoch, index = epoch + 1, 0
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy in float32; labels already shifted (-100 = ignored)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_ID)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def evaluate(model, step_fn, dev_epoch, n_batches: int, device: str, autocast, world: int):
+    """Token-weighted mean loss over the first `n_batches` dev batches of every rank."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss * tokens, tokens)
+    with torch.no_grad():
+        for i, batch in enumerate(dev_epoch(0, 0)):
+            if i == n_batches:
+                break
+            with autocast:
+                loss, n = step_fn(model, batch_to(batch, device))
+            total += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(total)
+    model.train()
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def train_loop(
+    args,
+    model,
+    step_fn,
+    train_epoch,
+    dev_epoch,
+    config: dict,
+    device: str,
+    rank: int = 0,
+    world: int = 1,
+) -> dict:
+    """The training run itself. `step_fn(model, batch) -> (mean loss, n target tokens)`;
+    `train_epoch(epoch, start)` / `dev_epoch(epoch, start)` yield this rank's batches."""
+    out = Path(args.out)
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=args.weight_decay
+    )
+    step, bad = 0, 0
+    positions = [[0, 0]] * world  # (epoch, batches consumed in it) per rank
+    if args.resume:
+        ckpt = find_checkpoint(Path(args.resume) if args.resume != "latest" else out)
+        weights, saved_config, state = load_checkpoint(ckpt)
+        if sorted(weights) != sorted(names):
+            raise SystemExit(
+                f"--resume {ckpt}: its weights {sorted(set(weights) ^ set(names))[:5]} "
+                "do not match this run's trainable set (same --stage / options?)"
+            )
+        with torch.no_grad():
+            for n, p in zip(names, params):
+                p.copy_(weights[n])
+        opt.load_state_dict(state["optimizer"])
+        step, bad, positions = state["step"], state["bad_steps"], state["positions"]
+        if len(positions) != world:
+            raise SystemExit(f"--resume {ckpt}: saved by {len(positions)} ranks, now {world}")
+        set_rng_state(state["rng"][rank], device)
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step}")
+    train_model = model
+    if world > 1:
+        ids = None if device == "cpu" else [int(device.split(":")[1])]
+        # stage 3 mixes speech and text-only batches: the encoder is idle on text batches
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=args.stage == 3
+        )
+    kind = device.split(":")[0]
+    autocast = torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, args.precision))
+    batches = train_batches(train_epoch, *positions[rank])
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+    history, dev_history = [], []
+    model.train()
+    while step < args.steps:
+        step += 1
+        lr = warmup_lr(step, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        loss_sum, tokens = 0.0, 0
+        for micro in range(args.accum):
+            epoch, index, batch = next(batches)
+            # DDP averages gradients on the last micro-batch's backward only
+            sync = world == 1 or micro == args.accum - 1
+            with contextlib.nullcontext() if sync else train_model.no_sync():
+                with autocast:
+                    loss, n = step_fn(train_model, batch_to(batch, device))
+                (loss / args.accum).backward()
+            loss_sum += loss.item()
+            tokens += n
+        norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        stats = torch.tensor(
+            [
+                loss_sum / args.accum,
+                tokens,
+                float(not math.isfinite(loss_sum) or not torch.isfinite(norm).item()),
+            ],
+            dtype=torch.float64,
+            device=device,
+        )
+        if world > 1:  # every rank must agree on skipping, and log the mean loss
+            dist.all_reduce(stats)
+            stats[0] /= world
+        if stats[2] > 0:
+            bad += 1
+            opt.zero_grad(set_to_none=True)
+            bar.write(f"step {step}: non-finite loss or gradient, step skipped ({bad} so far)")
+            if bad > args.max_bad_steps:
+                raise NonFiniteError(
+                    f"{bad} steps had a non-finite loss or gradient (last at step {step}, lr {lr:.3g})"
+                    f", more than --max-bad-steps {args.max_bad_steps}: stopping. Lower --lr, check"
+                    " the data, or use --precision fp32."
+                )
+        else:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        rec = dict(
+            step=step,
+            loss=stats[0].item(),
+            lr=lr,
+            tokens=int(stats[1]),
+            step_time=dt,
+            grad_norm=norm.item(),
+            skipped=bool(stats[2] > 0),
+        )
+        history.append(rec)
+        if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+            rec["dev_loss"] = evaluate(
+                model, step_fn, dev_epoch, args.eval_batches, device, autocast, world
+            )
+            dev_history.append((step, rec["dev_loss"]))
+            bar.write(f"step {step}: dev loss {rec['dev_loss']:.4f}")
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.steps:
+            bar.set_postfix(
+                loss=f"{rec['loss']:.3f}",
+                lr=f"{lr:.2e}",
+                tok_s=f"{rec['tokens'] / dt:.0f}",
+                step=f"{dt * 1e3:.0f}ms",
+                peak=f"{peak_memory_gb(device):.2f}GB",
+            )
+        if (args.save_every and step % args.save_every == 0) or step == args.steps:
+            positions = [[epoch, index]] * world
+            rngs = [rng_state(device)] * world
+            if world > 1:  # every rank's data position and generators, for an exact resume
+                dist.all_gather_object(positions, [epoch, index])
+                dist.all_gather_object(rngs, rng_state(device))
+            if rank == 0:
+                state = dict(
+                    optimizer=opt.state_dict(),
+                    step=step,
+                    bad_steps=bad,
+                    positions=positions,
+                    rng=rngs,
+                    lr=args.lr,
+                    warmup=args.warmup,
+                )
+                save_checkpoint(out, step, trainable_state(model), config, state, args.keep)
+    bar.close()
+    if log:
+        log.close()
+    return dict(history=history, dev=dev_history, bad_steps=bad, step=step)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--stage",
+        type=int,
+        choices=[0, 1, 2, 3],
+        required=True,
+        help="0 toy LLM pretraining, 1 speech alignment, 2 intent (text), 3 joint",
+    )
+    p.add_argument("--preset", default="toy", help="model preset: toy | iosum-pangu-7b | tiny")
+    p.add_argument(
+        "--data",
+        help="training data (raw/shard/combine list or data YAML/JSON); "
+        "default: the toy world in --toy-dir, made if missing",
+    )
+    p.add_argument("--dev-data", help="dev data, same forms as --data")
+    p.add_argument("--toy-dir", default="toy_data")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: the LLM's / the toy world's)")
+    p.add_argument("--out", help="run folder (default runs/<preset>/stage<N>)")
+    p.add_argument(
+        "--init",
+        help="I-OSUM-Pangu checkpoint folder to start from "
+        "(default: runs/<preset>/stage<N-1>/final)",
+    )
+    p.add_argument("--whisper", help="Whisper encoder weights (any layout of SPEC §3), stage 1")
+    p.add_argument("--llm", help="Pangu folder or file (config.json + safetensors), stage 1")
+    p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 autocast on NPU / bf16-capable CUDA, float32 on the CPU",
+    )
+    p.add_argument(
+        "--grad-ckpt",
+        action="store_true",
+        help="gradient checkpointing in encoder, adapter and LLM blocks",
+    )
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int, help="WarmupLR steps")
+    p.add_argument("--steps", type=int, help="optimizer steps of the whole run")
+    p.add_argument("--accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--clip", type=float, help="gradient-norm clipping")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-frames", type=int, help="dynamic batching: mel frames per batch")
+    p.add_argument("--eval-every", type=int, help="dev loss every N steps (0: never)")
+    p.add_argument("--eval-batches", type=int, help="dev batches per evaluation and rank")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        help="continue a run: from --out's latest checkpoint, or the folder given",
+    )
+    p.add_argument(
+        "--max-bad-steps",
+        type=int,
+        default=20,
+        help="stop after this many steps with a non-finite loss or gradient",
+    )
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
+    args = p.parse_args(argv)
+    toy = args.preset in TOY_PRESETS
+    defaults = {**TOY_COMMON, **TOY[args.stage]} if toy else RELEASE
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = f"runs/{args.preset}/stage{args.stage}"
+    if args.keep < 1:
+        p.error("--keep must be >= 1")
+    return args
