@@ -73,7 +73,8 @@ def pick_device(name: str, local_rank: int = 0) -> str:
     elif name == "npu" and not npu_available():
         raise SystemExit(
             "--device npu: no Ascend NPU found (torch_npu does not import, or "
-            "torch.npu.is_available() is False). Install torch_npu + CANN, or pick another --device."
+            "torch.npu.is_available() is False). Install torch_npu + CANN, or pick another "
+            "--device."
         )
     elif name == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
@@ -396,9 +397,9 @@ def train_loop(
             bar.write(f"step {step}: non-finite loss or gradient, step skipped ({bad} so far)")
             if bad > args.max_bad_steps:
                 raise NonFiniteError(
-                    f"{bad} steps had a non-finite loss or gradient (last at step {step}, lr {lr:.3g})"
-                    f", more than --max-bad-steps {args.max_bad_steps}: stopping. Lower --lr, check"
-                    " the data, or use --precision fp32."
+                    f"{bad} steps had a non-finite loss or gradient (last at step {step}, "
+                    f"lr {lr:.3g}), more than --max-bad-steps {args.max_bad_steps}: stopping. "
+                    "Lower --lr, check the data, or use --precision fp32."
                 )
         else:
             opt.step()
