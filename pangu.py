@@ -1,0 +1,680 @@
+"""openPangu-Embedded-7B-V1.1, the decoder of I-OSUM-Pangu, in plain PyTorch.
+
+A Llama-shaped decoder (RMSNorm, RoPE, GQA attention with q/k/v/o biases, SwiGLU MLP, untied
+head) that computes the same function as openPangu's `modeling_openpangu_dense.py` and as
+`transformers.LlamaForCausalLM(attention_bias=True, mlp_bias=False, rope_theta=1.6e7)`.
+Also here: a pre-allocated KV cache and batched decoding, LoRA (as the release trains it with
+peft), strict loading of Hugging Face / peft checkpoints, and openPangu's sentencepiece tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+BOS_ID = 1  # <s>
+EOS_ID = 45892  # [unused10]: the release stops generation here
+PAD_ID = 0  # <unk>, the pad of the LLM's config.json (the tokenizer's [PAD] is vocab_size)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")  # not up_proj
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class PanguConfig:
+    vocab_size: int = 153376
+    dim: int = 4096
+    n_layers: int = 34
+    n_heads: int = 32
+    n_kv_heads: int = 8
+    intermediate_size: int = 12800
+    rope_theta: float = 1.6e7
+    norm_eps: float = 1e-5
+    bias: bool = True  # biases on q, k, v and o (never on the MLP)
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+    pad_id: int = PAD_ID
+    head_dim: int = 0  # 0: dim // n_heads
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> PanguConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown Pangu preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PanguConfig:
+        """Read openPangu's (or a Hugging Face Llama) `config.json`."""
+        c = json.loads(Path(path).read_text())
+        if c.get("mlp_bias", False):
+            raise ValueError(f"{path}: mlp_bias=true is not the openPangu architecture")
+        if c.get("rope_scaling"):
+            raise ValueError(f"{path}: rope_scaling {c['rope_scaling']} is not supported")
+        eos = c.get("eos_token_id", EOS_ID)
+        return cls(
+            vocab_size=c["vocab_size"],
+            dim=c["hidden_size"],
+            n_layers=c["num_hidden_layers"],
+            n_heads=c["num_attention_heads"],
+            n_kv_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
+            intermediate_size=c["intermediate_size"],
+            rope_theta=float(c.get("rope_theta", 1e4)),
+            norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            bias=bool(c.get("bias", c.get("attention_bias", False))),  # openPangu | HF Llama
+            bos_id=c.get("bos_token_id", BOS_ID),
+            eos_id=eos[0] if isinstance(eos, list) else eos,
+            pad_id=c.get("pad_token_id") if c.get("pad_token_id") is not None else PAD_ID,
+            head_dim=c.get("head_dim") or 0,
+        )
+
+    def to_json(self) -> dict:
+        """The config.json fields of openPangu (what `from_json` reads back)."""
+        return dict(
+            vocab_size=self.vocab_size, hidden_size=self.dim, num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+            intermediate_size=self.intermediate_size, rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps, bias=self.bias, bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, head_dim=self.head_dim,
+        )  # fmt: skip
+
+
+PRESETS = {
+    # openPangu-Embedded-7B-V1.1 config.json (SPEC §5): 8.03 B parameters, 6.77 B without
+    # the embedding and the head.
+    "pangu-7b": dict(),
+    # the toy study (contract): 4 layers of width 256 over the 1024-piece toy tokenizer, ~5 M.
+    "toy": dict(vocab_size=1024, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
+                intermediate_size=688, eos_id=15),
+    # unit tests: the dims of shared/reference (eos stand-in 511 = vocab - 1), ~0.1 M.
+    "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                 intermediate_size=160, eos_id=511),
+}  # fmt: skip
+assert set(PRESETS["pangu-7b"]) <= {f.name for f in fields(PanguConfig)}
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)  # cast back, then times weight (as HF Llama)
+
+
+def rope_tables(position_ids, head_dim: int, theta: float, dtype):
+    """cos, sin (B, T, head_dim) for the rotate-half layout, computed in float32."""
+    exponent = torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)  # (hd/2,)
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache(nn.Module):
+    """Keys and values of one attention layer, pre-allocated for max_len positions."""
+
+    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, like):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", like.new_zeros(shape), persistent=False)
+        self.register_buffer("v", like.new_zeros(shape), persistent=False)
+
+    def update(self, pos: int, k, v):
+        """Write k, v (B, n_kv, T, hd) at positions pos..pos+T; return the filled part."""
+        T = k.shape[2]
+        self.k[:, :, pos : pos + T] = k
+        self.v[:, :, pos : pos + T] = v
+        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: PanguConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, pos: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(pos, k, v)  # (B, n_kv, pos+T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+        )  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: PanguConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PanguConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None, pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask_4d(attention_mask, T: int):
+    """(B, S) key mask (1 = real token) -> (B, 1, T, S) boolean mask of the last T queries.
+
+    Causal and padding together. Each query may always see itself, so a pad query (its
+    output is never used) has no fully masked row, which would give NaN in SDPA.
+    """
+    S = attention_mask.shape[1]
+    q_idx = torch.arange(S - T, S, device=attention_mask.device)[:, None]  # (T, 1)
+    k_idx = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
+    allowed = (k_idx <= q_idx) & attention_mask.bool()[:, None, :]  # (B, T, S)
+    return (allowed | (k_idx == q_idx))[:, None]  # (B, 1, T, S)
+
+
+class PanguModel(nn.Module):
+    """Named like Hugging Face's `model.*` so the checkpoint keys map one to one."""
+
+    def __init__(self, cfg: PanguConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Pangu(nn.Module):
+    def __init__(self, cfg: PanguConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = PanguModel(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+    def embed(self, ids):
+        return self.model.embed_tokens(ids)
+
+    def make_cache(self, batch: int, max_len: int) -> nn.ModuleList:
+        """One KVCache per layer, on the device and in the dtype of the weights."""
+        like = self.lm_head.weight
+        c = self.cfg
+        return nn.ModuleList(
+            KVCache(batch, max_len, c.n_kv_heads, c.head_dim, like) for _ in range(c.n_layers)
+        )
+
+    def hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+               cache=None):  # fmt: skip
+        """Final-norm hidden states (B, L, dim); see `forward`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, C)
+        B, L, _ = x.shape
+        if position_ids is None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError("position_ids are required with an attention_mask or a cache")
+            position_ids = torch.arange(L, device=x.device).expand(B, L)
+        pos = 0
+        if cache is not None:
+            if attention_mask is None:
+                raise ValueError("with a cache, attention_mask must cover cache + new tokens")
+            pos = attention_mask.shape[1] - L  # where the new keys go in the cache
+        mask = None if attention_mask is None else attention_mask_4d(attention_mask, L)
+        cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            c = None if cache is None else cache[i]
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, c, pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, c, pos)
+        return self.model.norm(x)
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                cache=None):  # fmt: skip
+        """Logits (B, L, vocab).
+
+        input_ids (B, L) or inputs_embeds (B, L, dim); attention_mask (B, S) with 1 for real
+        tokens and 0 for pads anywhere (S = L, or cache + L with a cache); position_ids (B, L),
+        in the release cumsum(mask) - 1 with pads set to 1; cache from `make_cache`, filled
+        from position S - L on.
+        """
+        return self.lm_head(
+            self.hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache)
+        )
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * B(A(dropout(x))), as peft's LoRA Linear (no rslora)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base_layer = base
+        w = base.weight
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=w.device, dtype=w.dtype)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+        if not w.is_meta:  # peft's init: A Kaiming-uniform, B zero, so training starts at base
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self):
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = False
+
+    def forward(self, x):
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+
+def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
+               targets: Iterable[str] = LORA_TARGETS) -> nn.Module:  # fmt: skip
+    """Wrap every nn.Linear named like a target; afterwards only LoRA weights are trainable."""
+    targets = tuple(targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    found = [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
+    if not found:
+        raise ValueError(f"no module named like {targets} to put LoRA on")
+    for name, m in found:
+        if not isinstance(m, nn.Linear):
+            raise TypeError(f"{name} is {type(m).__name__}, not nn.Linear (LoRA twice?)")
+        parent, child = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent), child, LoRALinear(m, r, alpha, dropout))
+    return model
+
+
+def merge_lora(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.merge()
+
+
+def unmerge_lora(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.unmerge()
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def sample(logits, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, generator=None):
+    """Next ids (B,) from logits (B, V): argmax when temperature == 0, else HF's warper order
+    (temperature, top-k, top-p) and a multinomial draw."""
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1)  # ascending
+        remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[:, -1] = False  # keep at least the best token
+        logits = logits.masked_fill(remove.scatter(1, order, remove), -math.inf)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def apply_repetition_penalty(logits, seen, penalty: float):
+    """HF's rule on the ids in `seen` (B, V) bool: positive logits / penalty, others * penalty."""
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+@torch.no_grad()
+def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
+             eos_id: int | Iterable[int], repetition_penalty: float = 1.0,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             generator=None) -> list[list[int]]:  # fmt: skip
+    """Batched decoding after a prompt of embeddings.
+
+    inputs_embeds (B, L, dim) and attention_mask (B, L) may have pads anywhere. Positions
+    are cumsum(mask) - 1 (pads 1), new tokens continue each row at its last position + 1,
+    and the next token of a row is read at its last real prompt position. The repetition
+    penalty sees generated tokens only (the prompt is embeddings, as in the release). Each
+    row stops at its first id in eos_id, which is not returned.
+    """
+    B, L, _ = inputs_embeds.shape
+    device = inputs_embeds.device
+    eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=device)
+    prompt_mask = attention_mask.bool()  # (B, L)
+    if not prompt_mask.any(-1).all():
+        raise ValueError("a prompt row has no real token (attention_mask all zero)")
+    mask = torch.zeros(B, L + max_new_tokens, dtype=torch.bool, device=device)
+    mask[:, :L] = prompt_mask
+    position_ids = prompt_mask.long().cumsum(-1) - 1  # (B, L)
+    position_ids.masked_fill_(~prompt_mask, 1)
+    next_pos = prompt_mask.sum(-1, keepdim=True)  # (B, 1): last position + 1
+    last = L - 1 - prompt_mask.flip(-1).int().argmax(-1)  # (B,) index of the last real token
+
+    cache = model.make_cache(B, L + max_new_tokens)
+    h = model.hidden(inputs_embeds=inputs_embeds, attention_mask=mask[:, :L],
+                     position_ids=position_ids, cache=cache)  # fmt: skip
+    logits = model.lm_head(h[torch.arange(B, device=device), last])  # (B, V)
+
+    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n = 0
+    for step in range(max_new_tokens):
+        logits = logits.float()
+        if repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+        token = token.masked_fill(done, int(eos[0]))
+        out[:, step] = token
+        n = step + 1
+        done |= torch.isin(token, eos)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        seen.scatter_(1, token[:, None], True)
+        mask[:, L + step] = True
+        logits = model(input_ids=token[:, None], attention_mask=mask[:, : L + step + 1],
+                       position_ids=next_pos + step, cache=cache)[:, -1]  # fmt: skip
+    result = []
+    for row in out[:, :n].tolist():
+        stop = [i for i, t in enumerate(row) if t in set(eos.tolist())]
+        result.append(row[: stop[0]] if stop else row)
+    return result
+
+
+# ----------------------------------------------------------------------------- loading
+
+# Our module names are the Hugging Face / openPangu names, so that layout maps by identity.
+# peft (the release) adds a prefix, `base_layer` for the wrapped Linear (kept: it is our
+# LoRALinear's name too) and the adapter name `default` (dropped).
+PEFT_PREFIXES = ("llama_model.base_model.model.", "base_model.model.")
+PEFT_RENAMES = {".lora_A.default.": ".lora_A.", ".lora_B.default.": ".lora_B."}
+DROPPED = ("rotary_emb.inv_freq",)  # a non-persistent RoPE buffer in older HF files: recomputed
+_OUR_KEY = re.compile(
+    r"^(lm_head\.weight|model\.(embed_tokens\.weight|norm\.weight|layers\.\d+\.("
+    r"(input|post_attention)_layernorm\.weight|"
+    r"(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.(base_layer\.)?(weight|bias)|"
+    r"(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.lora_[AB]\.weight)))$"
+)
+
+
+def pangu_state_dict(sd: dict) -> dict:
+    """HF (`model.layers.N...`, `lm_head.weight`) or peft-prefixed keys -> our module names."""
+    out = {}
+    for key, value in sd.items():
+        k = key
+        for prefix in PEFT_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+                break
+        if k.endswith(DROPPED):
+            continue
+        for old, new in PEFT_RENAMES.items():
+            k = k.replace(old, new)
+        if not _OUR_KEY.match(k):
+            raise KeyError(
+                f"unknown Pangu checkpoint layout: key {key!r} is neither a Hugging Face "
+                f"(model.*, lm_head.*) nor a peft ({' / '.join(PEFT_PREFIXES)}) key"
+            )
+        if k in out:
+            raise KeyError(f"key {key!r} maps to {k!r}, which another key already gave")
+        out[k] = value
+    return out
+
+
+def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint"):
+    """load_state_dict(assign=True) after checking names and shapes, naming any mismatch."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    shapes = [f"{k}: {tuple(sd[k].shape)} in {source}, model wants {tuple(want[k].shape)}"
+              for k in want if k in sd and sd[k].shape != want[k].shape]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        problems.append("wrong shapes: " + "; ".join(shapes[:8]))
+    if problems:
+        raise KeyError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def _read_weights(path: Path) -> dict:
+    """All tensors of a checkpoint dir (index + shards, or one file) or file, memory-mapped."""
+    from safetensors import safe_open
+
+    def read_safetensors(file):
+        with safe_open(file, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            sd = {}
+            for shard in sorted(set(weight_map.values())):
+                if not (path / shard).exists():
+                    raise FileNotFoundError(f"shard {shard} named in {index} is missing")
+                part = read_safetensors(path / shard)
+                sd.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
+                extra = sorted(set(part) - set(weight_map))
+                if extra:
+                    raise KeyError(f"{path / shard} holds keys not in {index}: {extra[:8]}")
+            absent = sorted(set(weight_map) - set(sd))
+            if absent:
+                raise KeyError(f"keys named in {index} are not in their shard: {absent[:8]}")
+            return sd
+        if (path / "model.safetensors").exists():
+            return read_safetensors(path / "model.safetensors")
+        raise FileNotFoundError(
+            f"{path} has neither model.safetensors.index.json nor model.safetensors"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def load_pangu(path_or_dir: str | Path | dict, cfg: PanguConfig | None = None,
+               lora_alpha: float | None = None) -> Pangu:  # fmt: skip
+    """A Pangu from an HF/openPangu dir (config.json + shards + index), a single file or a
+    state dict, built on the meta device and assigned the memory-mapped tensors (strict).
+
+    A checkpoint with LoRA weights (peft layout) gets LoRA of the stored rank; its alpha
+    cannot be read from tensors, so pass `lora_alpha` (the release: 32 for r 64).
+    """
+    if isinstance(path_or_dir, dict):
+        source, sd = "state dict", path_or_dir
+    else:
+        path = Path(path_or_dir)
+        source, sd = str(path), _read_weights(path)
+        if cfg is None and path.is_dir() and (path / "config.json").exists():
+            cfg = PanguConfig.from_json(path / "config.json")
+    if cfg is None:
+        raise ValueError(f"{source}: no config.json beside the weights; pass cfg")
+    sd = pangu_state_dict(sd)
+    ranks = {v.shape[0] for k, v in sd.items() if k.endswith(".lora_A.weight")}
+    with torch.device("meta"):
+        model = Pangu(cfg)
+        if ranks:
+            if len(ranks) > 1 or lora_alpha is None:
+                raise ValueError(f"{source} holds LoRA weights of rank {sorted(ranks)}: "
+                                 "pass lora_alpha (one rank expected)")  # fmt: skip
+            targets = {k.split(".")[-3] for k in sd if k.endswith(".lora_A.weight")}
+            apply_lora(model, ranks.pop(), lora_alpha, targets=targets)
+    load_strict(model, sd, source)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+class PanguTokenizer:
+    """openPangu's slow tokenizer (sentencepiece + added tokens), rule for rule.
+
+    The rules are pinned by shared/reference/tokenizer/README.md: all added tokens are cut
+    out of the text first and each fragment between them is encoded by its own sentencepiece
+    call (so each gets its own dummy-prefix `▁`); decoding drops only <s>, [unused10], <unk>
+    and [PAD], writes other added tokens literally and decodes each run between them with one
+    sentencepiece call. The release adds `[PAD]` with id = vocab size (never embedded).
+    """
+
+    SPECIAL = ("bos", "eos", "unk", "pad")
+
+    def __init__(self, model_file: str | Path, eos_piece: str = "[unused10]"):
+        import sentencepiece as spm
+
+        model_file = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        self.vocab_size = self.sp.get_piece_size()
+        config = model_file.parent / "tokenizer_config.json"
+        if config.exists():  # the release directory: its added-token table
+            table = json.loads(config.read_text()).get("added_tokens_decoder", {})
+            self.added = {v["content"]: int(k) for k, v in table.items()}
+        else:  # a bare model (the toy one): its user-defined and control pieces, and <unk>
+            types = _piece_types(self.sp.serialized_model_proto())
+            self.added = {self.sp.id_to_piece(i): i for i, t in enumerate(types)
+                          if t in (UNKNOWN, CONTROL, USER_DEFINED)}  # fmt: skip
+        self.bos_id = self.sp.bos_id()
+        self.unk_id = self.sp.unk_id()
+        if eos_piece not in self.added:
+            raise ValueError(f"{model_file}: no added token {eos_piece!r} (the eos)")
+        self.eos_id = self.added[eos_piece]
+        self.pad_id = self.vocab_size  # [PAD], added by the release after loading
+        self.added["[PAD]"] = self.pad_id
+        self.id_to_added = {i: s for s, i in self.added.items()}
+        self.special_ids = {self.bos_id, self.eos_id, self.unk_id, self.pad_id}
+        alternatives = sorted(self.added, key=len, reverse=True)  # longest match first
+        self._split = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """[BOS] + ids (bos=False: the data pipeline's tokenize + convert_tokens_to_ids)."""
+        ids = [self.bos_id] if bos else []
+        for i, fragment in enumerate(self._split.split(text)):
+            if i % 2:  # an added token
+                ids.append(self.added[fragment])
+            elif fragment:
+                ids.extend(self.sp.encode(fragment))
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if skip_special:
+            ids = [i for i in ids if i not in self.special_ids]
+        parts, run = [], []
+        for i in ids + [None]:
+            if i is None or i in self.id_to_added:
+                if run:
+                    parts.append(self.sp.decode(run))
+                    run = []
+                if i is not None:
+                    parts.append(self.id_to_added[i])
+            else:
+                run.append(i)
+        return "".join(parts)
+
+
+UNKNOWN, CONTROL, USER_DEFINED = 2, 3, 4  # sentencepiece ModelProto.SentencePiece.Type
+
+
+def _piece_types(proto: bytes) -> list[int]:
+    """The type of every piece, read from the serialized ModelProto (protobuf is not a
+    dependency, and sentencepiece's Python API cannot tell a user-defined piece)."""
+
+    def varint(buf, i):
+        value = shift = 0
+        while True:
+            b = buf[i]
+            value |= (b & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if b < 0x80:
+                return value, i
+
+    def fields(buf):  # (field number, wire type, value) of one message
+        i = 0
+        while i < len(buf):
+            tag, i = varint(buf, i)
+            num, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, i = varint(buf, i)
+            elif wire == 1:
+                value, i = buf[i : i + 8], i + 8
+            elif wire == 2:
+                n, i = varint(buf, i)
+                value, i = buf[i : i + n], i + n
+            elif wire == 5:
+                value, i = buf[i : i + 4], i + 4
+            else:
+                raise ValueError(f"sentencepiece model: unexpected protobuf wire type {wire}")
+            yield num, wire, value
+
+    types = []
+    for num, wire, piece in fields(proto):
+        if num == 1 and wire == 2:  # repeated SentencePiece pieces = 1
+            types.append(next((v for n, w, v in fields(piece) if n == 3 and w == 0), 1))
+    return types
