@@ -225,7 +225,10 @@ class IOSUMPangu(nn.Module):
         """ids (B, Li) padded with -1 (no BOS). The release fills pads with the eos id."""
         ids = ids.to(self.speech_token_emded.weight.device)
         mask = ids >= 0  # (B, Li)
-        ids = ids.masked_fill(~mask, self.cfg.llm.eos_id)
+        # Pads are masked, so the fill only has to be a valid row; shared/reference's tiny
+        # config.json keeps the real eos 45892 beside its 512-piece vocabulary.
+        fill = self.cfg.llm.eos_id if self.cfg.llm.eos_id < self.cfg.llm.vocab_size else 0
+        ids = ids.masked_fill(~mask, fill)
         if bos:  # the release's generate() tokenizes the instruction with a BOS
             ids = F.pad(ids, (1, 0), value=self.cfg.llm.bos_id)
             mask = F.pad(mask, (1, 0), value=True)
