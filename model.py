@@ -22,7 +22,7 @@ from torch import nn
 import pangu
 from adapter import Adapter, AdapterConfig, adapter_state_dict
 from pangu import Pangu, PanguConfig, PanguTokenizer, apply_lora, pangu_state_dict
-from whisper_enc import WhisperConfig, WhisperEncoder, whisper_state_dict
+from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whisper_state_dict
 
 IGNORE_ID = -100  # label of positions without loss (and the target's padding)
 UNK_LABEL_ID = 7672  # the "&&" piece: the release embeds it as id 0 and gives it no loss
@@ -123,7 +123,7 @@ PRESETS = {
     # the release: Whisper-medium (306 M) + adapter (52.5 M) + openPangu-Embedded-7B-V1.1
     # (8.03 B) + LoRA r 64 / alpha 32 on q, k, v, o, gate, down (131 M); 8.5 B in all
     "iosum-pangu-7b": dict(
-        whisper=("medium", {}),
+        whisper=("medium", dict(dropout=0.1)),  # the release trains the encoder with 0.1
         adapter=("osum_echat", {}),
         llm=("pangu-7b", {}),
         lora_r=64,
@@ -132,7 +132,7 @@ PRESETS = {
     ),
     # the toy study (contract sizes): ~0.6 M encoder, 0.6 M adapter, ~5 M LLM
     "toy": dict(
-        whisper=("toy", {}),
+        whisper=("toy", dict(dropout=0.1)),
         adapter=("toy", {}),
         llm=("toy", {}),
         lora_r=8,
@@ -328,22 +328,20 @@ class IOSUMPangu(nn.Module):
     # -- generation --------------------------------------------------------------------------
 
     def _as_batch(self, batch, mel, mel_lengths, audio, instruction) -> dict:
+        """generate()'s keyword inputs -> a data.py-style batch."""
         if batch is not None:
             return batch
-        if (
-            isinstance(instruction, (str, list))
-            and instruction
-            and isinstance(instruction[0] if isinstance(instruction, list) else instruction, str)
-        ):
-            texts = [instruction] if isinstance(instruction, str) else instruction
-            tok = self._need_tokenizer("a text instruction")
-            instruction = [tok.encode(t, bos=False) for t in texts]
-        if isinstance(instruction, list):
+        if isinstance(instruction, str):
+            instruction = [instruction]
+        if isinstance(instruction, list):  # strings or id lists, one per row
+            if any(isinstance(r, str) for r in instruction):
+                tok = self._need_tokenizer("a text instruction")
+                instruction = [
+                    tok.encode(r, bos=False) if isinstance(r, str) else r for r in instruction
+                ]
             width = max(len(r) for r in instruction)
             instruction = torch.tensor([list(r) + [-1] * (width - len(r)) for r in instruction])
-        if audio is not None:
-            from whisper_enc import log_mel_spectrogram
-
+        if audio is not None:  # 16 kHz waveforms -> zero-padded log-mels
             mels = [
                 log_mel_spectrogram(torch.as_tensor(a), n_mels=self.cfg.whisper.n_mels)
                 for a in audio
@@ -451,21 +449,25 @@ class IOSUMPangu(nn.Module):
         if isinstance(sd.get("module"), dict):  # DeepSpeed's mp_rank_00_model_states.pt
             sd = sd["module"]
         ours = released_state_dict(sd, str(path))
-        if not any(k.startswith("llm.") for k in ours):
-            if llm_dir is None:
-                raise ValueError(f"{path} holds no LLM weights (llama_model.*): pass llm_dir")
-            llm_sd = pangu_state_dict(pangu._read_weights(Path(llm_dir)))
-            ours.update({"llm." + k: v for k, v in llm_sd.items()})
-        dtype = dtype or _main_dtype(ours)
         with torch.device("meta"):
             model = cls(cfg)
-        if not any(".lora_" in k for k in ours) and cfg.lora_r > 0:
-            # encoder + adapter only (e.g. after stage 1) on the base LLM: fresh LoRA (B = 0),
-            # which leaves the LLM's function unchanged
-            for name, p in model.named_parameters():
-                if ".lora_" in name:
-                    init = torch.zeros if ".lora_B." in name else _kaiming
-                    ours[name] = init(p.shape, dtype=dtype)
+        if not any(k.startswith("llm.") for k in ours):
+            # encoder + adapter only (e.g. after stage 1): the base LLM from the openPangu dir
+            if llm_dir is None:
+                raise ValueError(f"{path} holds no LLM weights (llama_model.*): pass llm_dir")
+            wrapped = {
+                k.replace(".base_layer.", ".") for k in model.state_dict() if ".base_layer." in k
+            }
+            for k, v in pangu_state_dict(pangu._read_weights(Path(llm_dir))).items():
+                name = "llm." + k  # a LoRA-wrapped Linear keeps its weights under base_layer
+                if name in wrapped:
+                    name = "{}.base_layer.{}".format(*name.rsplit(".", 1))
+                ours[name] = v
+            if cfg.lora_r > 0:  # fresh LoRA (B = 0): the LLM's function is the base model's
+                for name, p in model.named_parameters():
+                    if ".lora_" in name:
+                        ours[name] = (torch.zeros if ".lora_B." in name else _kaiming)(p.shape)
+        dtype = dtype or _main_dtype(ours)
         load_checked(model, ours, f"{path} (dims from {source})", dtype)
         return model
 
@@ -564,10 +566,10 @@ def _read_our_config(path: Path) -> dict:
     return meta
 
 
-def _kaiming(shape, dtype):
-    w = torch.empty(shape, dtype=torch.float32)
-    nn.init.kaiming_uniform_(w, a=5**0.5)
-    return w.to(dtype)
+def _kaiming(shape):
+    w = torch.empty(shape)
+    nn.init.kaiming_uniform_(w, a=5**0.5)  # peft's init of lora_A
+    return w
 
 
 def _main_dtype(sd: dict) -> torch.dtype:

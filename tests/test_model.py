@@ -548,3 +548,32 @@ def test_llm_dir_given_as_checkpoint(reference_dir, tmp_path):
     save_file({"lm_head.weight": torch.zeros(2, 2)}, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="not an I-OSUM-Pangu config"):
         IOSUMPangu.from_pretrained(tmp_path)
+
+
+@torch.no_grad()
+def test_checkpoint_without_llm_reads_llm_dir(reference_dir, fx, tmp_path):
+    """A checkpoint of encoder + adapter only (e.g. after stage 1): the LLM comes from the
+    openPangu dir (Hugging Face layout) and gets fresh LoRA (B = 0), i.e. the base LLM."""
+    sd = load_file(reference_dir / "checkpoint.safetensors")
+    peft = "llama_model.base_model.model."
+    base = {k[len(peft) :].replace(".base_layer.", "."): v for k, v in sd.items()
+            if k.startswith(peft) and ".lora_" not in k}  # fmt: skip
+    llm_dir = tmp_path / "openpangu"
+    llm_dir.mkdir()
+    save_file(base, llm_dir / "model.safetensors")
+    shutil.copy(reference_dir / "config.json", llm_dir / "config.json")
+    rest = {
+        k: v
+        for k, v in sd.items()
+        if not k.startswith(peft) and k not in ("embed_tokens.weight", "lm_head.weight")
+    }
+    save_file(rest, tmp_path / "stage1.safetensors")
+    model = IOSUMPangu.from_pretrained(tmp_path / "stage1.safetensors", llm_dir, "reference-tiny")
+    model.set_prompt_ids(**{k: fx[v].tolist() for k, v in PROMPTS.items()})
+    want = load_reference(reference_dir, fx)
+    for name, p in want.named_parameters():
+        if ".lora_B." in name:
+            p.zero_()
+    batch = single_batch(fx)
+    close(model(batch)["logits"], want(batch)["logits"], atol=1e-6, rtol=0)
+    assert not torch.allclose(want(batch)["logits"][0], fx["forward_logits"], atol=1e-3)  # LoRA off
