@@ -140,7 +140,11 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache(nn.Module):
-    """Keys and values of one attention layer, pre-allocated for max_len positions."""
+    """Keys and values of one attention layer, pre-allocated for max_len positions.
+
+    Attention always reads the whole buffer (unwritten slots are masked), so every decode
+    step has the same shapes: no re-allocation, and a step can be compiled / graph-captured.
+    """
 
     def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, like):
         super().__init__()
@@ -148,12 +152,11 @@ class KVCache(nn.Module):
         self.register_buffer("k", like.new_zeros(shape), persistent=False)
         self.register_buffer("v", like.new_zeros(shape), persistent=False)
 
-    def update(self, pos: int, k, v):
-        """Write k, v (B, n_kv, T, hd) at positions pos..pos+T; return the filled part."""
-        T = k.shape[2]
-        self.k[:, :, pos : pos + T] = k
-        self.v[:, :, pos : pos + T] = v
-        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+    def update(self, pos, k, v):
+        """Write k, v (B, n_kv, T, hd) at cache slots pos (T,); return the whole buffers."""
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v  # (B, n_kv, max_len, hd)
 
 
 class Attention(nn.Module):
@@ -165,7 +168,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, pos: int = 0):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, pos=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -173,7 +176,7 @@ class Attention(nn.Module):
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(pos, k, v)  # (B, n_kv, pos+T, hd)
+            k, v = cache.update(pos, k, v)  # (B, n_kv, max_len, hd)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
         )  # (B, H, T, hd)
@@ -199,19 +202,19 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, pos=0):
+    def forward(self, x, cos, sin, mask, cache=None, pos=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask_4d(attention_mask, T: int):
-    """(B, S) key mask (1 = real token) -> (B, 1, T, S) boolean mask of the last T queries.
+def attention_mask_4d(attention_mask, q_pos):
+    """(B, S) key mask (1 = real token) -> (B, 1, T, S) boolean mask for queries at q_pos (T,).
 
     Causal and padding together. Each query may always see itself, so a pad query (its
     output is never used) has no fully masked row, which would give NaN in SDPA.
     """
     S = attention_mask.shape[1]
-    q_idx = torch.arange(S - T, S, device=attention_mask.device)[:, None]  # (T, 1)
+    q_idx = q_pos[:, None]  # (T, 1)
     k_idx = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
     allowed = (k_idx <= q_idx) & attention_mask.bool()[:, None, :]  # (B, T, S)
     return (allowed | (k_idx == q_idx))[:, None]  # (B, 1, T, S)
@@ -247,7 +250,7 @@ class Pangu(nn.Module):
         )
 
     def hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-               cache=None):  # fmt: skip
+               cache=None, cache_pos=None):  # fmt: skip
         """Final-norm hidden states (B, L, dim); see `forward`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -257,33 +260,34 @@ class Pangu(nn.Module):
             if cache is not None or attention_mask is not None:
                 raise ValueError("position_ids are required with an attention_mask or a cache")
             position_ids = torch.arange(L, device=x.device).expand(B, L)
-        pos = 0
-        if cache is not None:
-            if attention_mask is None:
-                raise ValueError("with a cache, attention_mask must cover cache + new tokens")
-            pos = attention_mask.shape[1] - L  # where the new keys go in the cache
-        mask = None if attention_mask is None else attention_mask_4d(attention_mask, L)
+        if cache_pos is None:  # the new tokens go to slots 0..L-1 (no cache: are the sequence)
+            cache_pos = torch.arange(L, device=x.device)
+        if cache is not None and (
+            attention_mask is None or attention_mask.shape[1] != cache[0].k.shape[2]
+        ):
+            raise ValueError("with a cache, attention_mask (B, max_len) must cover the whole cache")
+        mask = None if attention_mask is None else attention_mask_4d(attention_mask, cache_pos)
         cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             c = None if cache is None else cache[i]
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, mask, c, pos, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, c, cache_pos, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, c, pos)
+                x = layer(x, cos, sin, mask, c, cache_pos)
         return self.model.norm(x)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                cache=None):  # fmt: skip
+                cache=None, cache_pos=None):  # fmt: skip
         """Logits (B, L, vocab).
 
-        input_ids (B, L) or inputs_embeds (B, L, dim); attention_mask (B, S) with 1 for real
-        tokens and 0 for pads anywhere (S = L, or cache + L with a cache); position_ids (B, L),
-        in the release cumsum(mask) - 1 with pads set to 1; cache from `make_cache`, filled
-        from position S - L on.
+        input_ids (B, L) or inputs_embeds (B, L, dim); attention_mask (B, L) with 1 for real
+        tokens and 0 for pads anywhere; position_ids (B, L), in the release cumsum(mask) - 1
+        with pads set to 1. With a cache from `make_cache(B, max_len)`: the L new tokens are
+        written to cache slots cache_pos (L,) (default 0..L-1) and attention_mask (B, max_len)
+        covers the whole cache (0 for pads and for slots not written yet).
         """
-        return self.lm_head(
-            self.hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache)
-        )
+        h = self.hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache, cache_pos)
+        return self.lm_head(h)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -387,18 +391,28 @@ def apply_repetition_penalty(logits, seen, penalty: float):
     return torch.where(seen, penalised, logits)
 
 
+def decode_step(model: Pangu, token, mask, position_ids, cache, slot):
+    """Logits (B, V) of one new token per row (B, 1) written to cache slot (1,). Its shapes
+    are the same at every step, so it can be wrapped in torch.compile (see bench/decode.py)."""
+    return model(input_ids=token, attention_mask=mask, position_ids=position_ids, cache=cache,
+                 cache_pos=slot)[:, -1]  # fmt: skip
+
+
 @torch.no_grad()
 def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
              eos_id: int | Iterable[int], repetition_penalty: float = 1.0,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             generator=None) -> list[list[int]]:  # fmt: skip
+             generator=None, step_fn=decode_step,
+             cache: nn.ModuleList | None = None) -> list[list[int]]:  # fmt: skip
     """Batched decoding after a prompt of embeddings.
 
     inputs_embeds (B, L, dim) and attention_mask (B, L) may have pads anywhere. Positions
     are cumsum(mask) - 1 (pads 1), new tokens continue each row at its last position + 1,
     and the next token of a row is read at its last real prompt position. The repetition
     penalty sees generated tokens only (the prompt is embeddings, as in the release). Each
-    row stops at its first id in eos_id, which is not returned.
+    row stops at its first id in eos_id, which is not returned. step_fn: `decode_step` or
+    a compiled version of it; cache: a `make_cache(B, >= L + max_new_tokens)` to reuse (a
+    compiled step is specialised on the cache object, so reuse avoids recompiling).
     """
     B, L, _ = inputs_embeds.shape
     device = inputs_embeds.device
@@ -406,21 +420,26 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
     prompt_mask = attention_mask.bool()  # (B, L)
     if not prompt_mask.any(-1).all():
         raise ValueError("a prompt row has no real token (attention_mask all zero)")
-    mask = torch.zeros(B, L + max_new_tokens, dtype=torch.bool, device=device)
+    if cache is None:
+        cache = model.make_cache(B, L + max_new_tokens)
+    S = cache[0].k.shape[2]
+    if cache[0].k.shape[0] != B or S < L + max_new_tokens:
+        raise ValueError(f"cache {tuple(cache[0].k.shape)} is too small for B {B}, L + new {S}")
+    mask = torch.zeros(B, S, dtype=torch.bool, device=device)
     mask[:, :L] = prompt_mask
     position_ids = prompt_mask.long().cumsum(-1) - 1  # (B, L)
     position_ids.masked_fill_(~prompt_mask, 1)
     next_pos = prompt_mask.sum(-1, keepdim=True)  # (B, 1): last position + 1
     last = L - 1 - prompt_mask.flip(-1).int().argmax(-1)  # (B,) index of the last real token
 
-    cache = model.make_cache(B, L + max_new_tokens)
-    h = model.hidden(inputs_embeds=inputs_embeds, attention_mask=mask[:, :L],
+    h = model.hidden(inputs_embeds=inputs_embeds, attention_mask=mask,
                      position_ids=position_ids, cache=cache)  # fmt: skip
     logits = model.lm_head(h[torch.arange(B, device=device), last])  # (B, V)
 
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    slot = torch.tensor([L], device=device)  # (1,) the cache slot of the next token
     n = 0
     for step in range(max_new_tokens):
         logits = logits.float()
@@ -435,8 +454,7 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
             break
         seen.scatter_(1, token[:, None], True)
         mask[:, L + step] = True
-        logits = model(input_ids=token[:, None], attention_mask=mask[:, : L + step + 1],
-                       position_ids=next_pos + step, cache=cache)[:, -1]  # fmt: skip
+        logits = step_fn(model, token[:, None], mask, next_pos + step, cache, slot + step)
     result = []
     for row in out[:, :n].tolist():
         stop = [i for i, t in enumerate(row) if t in set(eos.tolist())]
