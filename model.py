@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,8 +121,9 @@ class IOSUMConfig:
 
 
 PRESETS = {
-    # the release: Whisper-medium (306 M) + adapter (52.5 M) + openPangu-Embedded-7B-V1.1
-    # (8.03 B) + LoRA r 64 / alpha 32 on q, k, v, o, gate, down (131 M); 8.5 B in all
+    # the release: Whisper-medium (306 M) + adapter (52.5 M) + speech-token table (16.8 M) +
+    # openPangu-Embedded-7B-V1.1 (8.03 B) + LoRA r 64 / alpha 32 on q, k, v, o, gate, down
+    # (131 M): 8.54 B in all
     "iosum-pangu-7b": dict(
         whisper=("medium", dict(dropout=0.1)),  # the release trains the encoder with 0.1
         adapter=("osum_echat", {}),
@@ -130,7 +132,8 @@ PRESETS = {
         lora_alpha=32.0,
         lora_dropout=0.1,
     ),
-    # the toy study (contract sizes): ~0.6 M encoder, 0.6 M adapter, ~5 M LLM
+    # the toy study (contract sizes): encoder 0.48 M, adapter 0.59 M, speech-token table
+    # 1.05 M, LLM 3.43 M, LoRA 0.12 M: 5.67 M in all
     "toy": dict(
         whisper=("toy", dict(dropout=0.1)),
         adapter=("toy", {}),
@@ -141,7 +144,8 @@ PRESETS = {
     ),
     # shared/reference (the original code on tiny dims): encoder 64 / 4 heads / 2 blocks / FFN
     # 256; the adapter keeps the release's hard-coded 4 blocks, 4 heads, FFN 2560; LLM 64 wide,
-    # 2 layers, 4 heads, 2 kv heads, FFN 160, vocab 512; LoRA r 8, alpha 16. 2.26 M in all.
+    # 2 layers, 4 heads, 2 kv heads, FFN 160, vocab 512; LoRA r 8, alpha 16. 1.99 M (2.26 M
+    # with the unused ln_speech and speech_head, as its report.json counts).
     "reference-tiny": dict(
         whisper=("medium", dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256)),
         adapter=("osum_echat", dict(d_in=64, d_model=64, d_out=64)),
@@ -421,11 +425,14 @@ class IOSUMPangu(nn.Module):
         unexpected or mis-shaped key raises naming it. dtype: the model's (default: the
         checkpoint's). Built on the meta device; each tensor is read once.
         """
-        path = Path(checkpoint)
+        path, t = Path(checkpoint), time.time()
         if path.is_dir():
             model = cls._from_dir(path, dtype)
         else:
             model = cls._from_release(path, llm_dir, config, dtype)
+        n = sum(p.numel() for p in model.parameters())
+        w = model.speech_token_emded.weight
+        print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, {time.time() - t:.1f} s")
         tokenizer = tokenizer or _tokenizer_file(llm_dir) or model.tokenizer_file
         if tokenizer is not None:
             model.set_prompts(tokenizer)
@@ -587,7 +594,8 @@ def _merged(model: IOSUMPangu, sd: dict) -> dict:
     for name, m in model.named_modules():
         if isinstance(m, pangu.LoRALinear):
             w = sd[f"{name}.base_layer.weight"]
-            delta = m.delta_weight().float() if not m.merged else 0.0
+            A, B = m.lora_A.weight.float(), m.lora_B.weight.float()
+            delta = (B @ A) * m.scaling if not m.merged else 0.0  # float32, then rounded once
             sd[f"{name}.base_layer.weight"] = (w.float() + delta).to(w.dtype)
             del sd[f"{name}.lora_A.weight"], sd[f"{name}.lora_B.weight"]
     return {k.replace(".base_layer.", "."): v for k, v in sd.items()}
