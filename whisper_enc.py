@@ -166,6 +166,7 @@ def log_mel_spectrogram(
     log10 floored at 1e-10, then at (utterance max - 8), then (x + 4) / 4. No padding by default
     (the release feeds the true length); `pad_to_frames=3000` zero-pads the audio first, as
     openai-whisper's `pad_or_trim` does (longer audio raises instead of being cut).
+    Use `pad_to_frames=N_FRAMES_30S` to feed openai-whisper / Hugging Face models.
     """
     if isinstance(audio, np.ndarray):
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
@@ -312,7 +313,8 @@ class WhisperEncoder(nn.Module):
             if bool((lengths < 1).any()) or bool((lengths > T).any()):
                 raise ValueError(f"lengths must be in [1, {T}], got {lengths.tolist()}")
             valid = (torch.arange(T, device=mel.device) < lengths[:, None])[:, None]  # (B, 1, T)
-            x = F.gelu(self.conv1(mel * valid)) * valid  # (B, C, T)
+            x = F.gelu(self.conv1(mel.masked_fill(~valid, 0)))  # (B, C, T)
+            x = x.masked_fill(~valid, 0)
             x = F.gelu(self.conv2(x))  # (B, C, T2)
             out_lengths = (lengths + 1) // 2
             keep = torch.arange(T2, device=mel.device) < out_lengths[:, None]  # (B, T2)
@@ -326,7 +328,7 @@ class WhisperEncoder(nn.Module):
                 x = block(x, mask)
         x = self.ln_post(x)  # (B, T2, C)
         if keep is not None:
-            x = x * keep[..., None]
+            x = x.masked_fill(~keep[..., None], 0)
         return x, out_lengths
 
 
@@ -481,7 +483,12 @@ def _read_checkpoint(path: Path) -> tuple[dict, int | None]:
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.suffix == ".safetensors":
         return _read_safetensors([path]), None
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # mmap: tensors are paged in from the file, never held twice
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as a torch checkpoint ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     n_heads = None
     if "model_state_dict" in obj:  # OpenAI: {"dims": {...}, "model_state_dict": {...}}
         n_heads = obj.get("dims", {}).get("n_audio_head")
@@ -493,10 +500,10 @@ def _read_checkpoint(path: Path) -> tuple[dict, int | None]:
 
 def _read_safetensors(files: list[Path]) -> dict:
     # Find the encoder from all the names first, then read only its tensors.
-    keys = {}
+    keys = []
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            keys.update((k, file) for k in f.keys())
+            keys += f.keys()
     _, root = _find_layout(keys)
     sd = {}
     for file in files:

@@ -315,6 +315,8 @@ def test_padded_batch_equals_single():
     lengths = [300, 251, 97, 2]  # even, odd, odd, tiny
     mels = [torch.randn(80, n) for n in lengths]
     batch = 3.0 * torch.randn(len(mels), 80, 300)  # garbage in the padding: must not matter
+    clean = batch.clone()
+    batch[2, :, 200] = float("inf")  # even inf: padding is zeroed, not multiplied by 0
     for i, m in enumerate(mels):
         batch[i, :, : m.shape[1]] = m
     with torch.no_grad():
@@ -325,8 +327,8 @@ def test_padded_batch_equals_single():
             assert n.item() == out_lengths[i].item() == math.ceil(m.shape[1] / 2)
             assert_close(out[i, : n.item()], alone[0], atol=1e-5, rtol=0)  # measured 1.5e-6
             assert out[i, n.item() :].abs().sum() == 0
-        full, _ = enc(batch, torch.tensor([300] * 4))  # all full: same as no lengths
-        assert_close(full, enc(batch)[0], atol=0, rtol=0)
+        full, _ = enc(clean, torch.tensor([300] * 4))  # all full: same as no lengths
+        assert_close(full, enc(clean)[0], atol=0, rtol=0)
     with pytest.raises(ValueError, match="lengths must be in"):
         enc(batch, torch.tensor([300, 0, 5, 5]))
 
@@ -428,6 +430,9 @@ def test_loader_errors(reference_dir, tmp_path):
         whisper_state_dict(mixed)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_whisper(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pt: cannot read as a torch checkpoint"):
+        load_whisper(tmp_path / "junk.pt")
 
 
 def test_loader_dtype_and_no_copy(reference_dir):
