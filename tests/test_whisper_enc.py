@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 import whisper
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
@@ -254,10 +254,13 @@ def test_encoder_matches_hugging_face(samples_dir, tmp_path):
     )
     randomize(ref, skip=("embed_positions",))
     ref.save_pretrained(tmp_path / "hf")  # config.json + model.safetensors
+    ref.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")  # + index.json
     mel = log_mel_spectrogram(real_16k(samples_dir), pad_to_frames=3000)[None]
     with torch.no_grad():
         want = ref.model.encoder(mel).last_hidden_state
-    for source in (tmp_path / "hf", tmp_path / "hf" / "model.safetensors", ref.state_dict()):
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 2
+    hf_file = tmp_path / "hf" / "model.safetensors"
+    for source in (tmp_path / "hf", hf_file, tmp_path / "sharded", ref.state_dict()):
         ours = load_whisper(source).eval()
         assert ours.cfg.n_heads == 2
         with torch.no_grad():
@@ -304,6 +307,18 @@ def test_wenet_position_table_checked(reference_dir):
     sd["encoder.embed.pos_enc.pe"] = pe
     with pytest.raises(ValueError, match=r"encoder\.embed\.pos_enc\.pe: position table differs"):
         load_whisper(sd, cfg)
+
+
+def test_own_state_dict_round_trip(tmp_path):
+    # Our module names are OpenAI's without the prefix: a saved WhisperEncoder loads back.
+    enc = randomize(WhisperEncoder(WhisperConfig.from_name("toy")))
+    save_file(enc.state_dict(), tmp_path / "enc.safetensors")
+    # toy has 4 heads of 32: shapes alone would say 128 / 64 = 2 heads, so cfg is given
+    back = load_whisper(tmp_path / "enc.safetensors", WhisperConfig.from_name("toy")).eval()
+    assert load_whisper(tmp_path / "enc.safetensors").cfg.n_heads == 2
+    mel = torch.randn(1, 80, 60)
+    with torch.no_grad():
+        assert_close(back(mel)[0], enc(mel)[0], atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------- invariances
