@@ -16,8 +16,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import shutil
 import sys
 import tarfile
 import time
@@ -1152,6 +1154,9 @@ class SpeechTextDataset(IterableDataset):
         items = self.items(self.epoch)
         W, R = self.world_size, self.rank
         mine = [it for j, it in enumerate(items) if j % W == R and (j // W) % n_workers == worker]
+        if not mine:
+            log.warning(f"rank {R} worker {worker}: no work ({len(items)} items for {W} ranks x "
+                        f"{n_workers} workers); give fewer workers or more shards")  # fmt: skip
         records = self._records(self._read(mine, counter), tok, counter, filtered)
         if conf.shuffle:
             rng = random.Random(f"{self.seed}/{self.epoch}/{R}/{worker}")
@@ -1230,6 +1235,11 @@ class Loader:
             self.batches += 1
             self.samples += len(batch["keys"])
             yield batch
+        if self.batches == 0 and not any(self.worker_next):
+            raise RuntimeError(
+                f"epoch {self.epoch} gave no batch (rank {ds.rank}): every sample was filtered "
+                f"or bad ({self.bad_data}); see the warnings above"
+            )
         self.epoch, self.batches, self.samples = self.epoch + 1, 0, 0
         self.worker_next = [0] * W
         ds.epoch = self.epoch
@@ -1743,16 +1753,29 @@ def ensure_toy_world(
     root = Path(root)
     paths = _toy_paths(root)
     params = _toy_params(seed, n_train, n_dev, n_test, n_shards)
-    if paths["index"].is_file():
-        if json.loads(paths["index"].read_text(encoding="utf-8"))["params"] == params:
-            return paths
-    elif root.exists() and any(root.iterdir()):
+    if _toy_params_at(root) == params:
+        return paths
+    if root.exists() and not paths["index"].is_file() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a toy world (no {paths['index'].name})")
     print(f"building the toy world in {root} (seed {seed}); this happens once", file=sys.stderr)
     t0 = time.time()
-    build_toy_world(root, seed, n_train, n_dev, n_test, n_shards)
+    # Built aside and renamed into place, so that processes starting together (DDP ranks,
+    # test workers) never read a half-written world.
+    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
+    build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards)
+    if _toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
+        shutil.rmtree(root)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process got there first with the same world
+        shutil.rmtree(tmp)
     print(f"toy world ready in {time.time() - t0:.1f} s", file=sys.stderr)
     return paths
+
+
+def _toy_params_at(root: Path) -> dict | None:
+    index = _toy_paths(root)["index"]
+    return json.loads(index.read_text(encoding="utf-8"))["params"] if index.is_file() else None
 
 
 def _print_summary(paths: dict[str, Path]) -> None:
