@@ -68,37 +68,18 @@ def _label_token(name: str) -> str:
 
 # SPEC §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
 # spaces and slashes). Keys are the intent tags that take a label.
+# fmt: off
 LABELS = {
-    "<caption>": tuple(
-        map(
-            _label_token,
-            ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
-        )
-    ),  # fmt: skip
-    "<emotion>": tuple(
-        map(
-            _label_token,
-            ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "other"),
-        )
-    ),  # fmt: skip
-    "<style>": tuple(
-        map(
-            _label_token,
-            (
-                "news/science",
-                "horror story",
-                "fairy tale",
-                "customer service",
-                "poetry/prose",
-                "audiobook",
-                "daily conversation",
-                "other",
-            ),
-        )
-    ),  # fmt: skip
-    "<gender>": ("<MALE>", "<FEMALE>"),
-    "<age>": ("<CHILD>", "<ADULT>", "<OLD>"),
+    "<caption>": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze",
+                  "other"),
+    "<emotion>": ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "other"),
+    "<style>": ("news/science", "horror story", "fairy tale", "customer service", "poetry/prose",
+                "audiobook", "daily conversation", "other"),
+    "<gender>": ("male", "female"),
+    "<age>": ("child", "adult", "old"),
 }
+# fmt: on
+LABELS = {tag: tuple(map(_label_token, names)) for tag, names in LABELS.items()}
 # Where a label lives when the text does not carry it (shard members, then `extra` keys).
 LABEL_FIELDS = {
     "<caption>": ("caption", "event", "vocal_event"),
@@ -120,30 +101,6 @@ LABEL_ALIASES = {
 }  # fmt: skip
 # Classes with an `<OTHER>` label absorb unknown labels; gender and age have none: a bad sample.
 _HAS_OTHER = {tag for tag, labels in LABELS.items() if "<OTHER>" in labels}
-
-# System prompts (SPEC §7). model.py owns the prompt layout; they are here because the toy
-# tokenizer is trained on them so that the toy prompts are short.
-SPEECH_SYSTEM = (
-    "You are OSUM-chat, an audio understanding assistant by ASLP Lab. You can transcribe speech "
-    "accurately and analyze paralinguistic cues to provide precise text responses.First perform "
-    "intent recognition on the user's input and output the corresponding task tag, then execute "
-    "the relevant task based on the tag."
-)
-TEXT_SYSTEM = (
-    "You are OSUM-chat, a text-to-text dialogue assistant by ASLP Lab. You understand user input "
-    "text and reply with corresponding user intent tags."
-)
-INFER_SYSTEM = (  # the release's generate(), typo included
-    "You are OSUM-chat, an audio understanding. You can transcribe speech accurately and "
-    "anaosum_echat2e paralinguistic cues to provide precise text responses.First perform intent "
-    "recognition on the user's input and output the corresponding task tag, then execute the "
-    "relevant task based on the tag."
-)
-CHATML = (
-    "<|im_start|>system\n",
-    "<|im_end|>\n<|im_start|>user\n",
-    "<|im_end|>\n<|im_start|>assistant\n",
-)
 
 
 class BadSample(ValueError):
@@ -176,14 +133,19 @@ def parse_task(task: str | None) -> tuple[str, ...]:
     return tuple(t for t in TAGS if t in tags)
 
 
-def normalise_label(tag: str, label: str) -> str:
-    """A label for `tag` -> its canonical token; raises BadSample('bad_label')."""
+def normalise_label_or_none(tag: str, label: str) -> str | None:
+    """'<youth>' / 'Happy' / 'news/science' -> the canonical token of `tag`'s set, or None."""
     token = LABEL_ALIASES.get(_label_token(label), _label_token(label))
-    if token in LABELS[tag]:
-        return token
-    if tag in _HAS_OTHER:
-        return "<OTHER>"
-    raise BadSample("bad_label", f"{label!r} is not a {tag} label {LABELS[tag]}")
+    return token if token in LABELS[tag] else None
+
+
+def normalise_label(tag: str, label: str) -> str:
+    """A label for `tag` -> its canonical token; unknown -> `<OTHER>` where the set has one,
+    else BadSample('bad_label') (gender and age have no 'other')."""
+    token = normalise_label_or_none(tag, label)
+    if token is None and tag not in _HAS_OTHER:
+        raise BadSample("bad_label", f"{label!r} is not a {tag} label {LABELS[tag]}")
+    return token or "<OTHER>"
 
 
 _TRAILING_LABELS = re.compile(r"((?:\s*<[A-Za-z][A-Za-z_ /\-]*>)+)\s*$")
@@ -237,11 +199,6 @@ def make_target(tags: tuple[str, ...], txt: str, fields: dict) -> str:
             raise BadSample("empty_text", f"no {tag} label in the text or the fields")
         labels.append(normalise_label(tag, str(raw)))
     return "".join(tags) + body + "".join(labels)
-
-
-def normalise_label_or_none(tag: str, label: str) -> str | None:
-    token = LABEL_ALIASES.get(_label_token(label), _label_token(label))
-    return token if token in LABELS[tag] else None
 
 
 def _usable(value) -> bool:
@@ -1721,12 +1678,9 @@ def build_toy_world(
     corpus = [corpus[i] for i in rng.permutation(len(corpus))]
     paths["corpus"].write_text("\n".join(corpus) + "\n", encoding="utf-8")
     # The tokenizer also sees the prompts and every label, never a held-out phrasing.
-    prompts = [
-        SPEECH_SYSTEM,
-        TEXT_SYSTEM,
-        INFER_SYSTEM,
-        *(p for c in CHATML for p in c.split("\n")),
-    ]
+    from model import PROMPT_TEXTS  # the prompt segments: the toy prompts come out short
+
+    prompts = [line for text in PROMPT_TEXTS.values() for line in text.split("\n")]
     labels = [
         f"{lab} {lab.strip('<>').lower().replace('_', ' ')}"
         for labs in LABELS.values()
