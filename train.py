@@ -9,6 +9,7 @@ train_utils.py): AdamW, "warmuplr", clip 5, accumulation 4, bf16 autocast, torch
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+import data
+from model import IOSUMConfig, IOSUMPangu
+from pangu import Pangu, PanguConfig, PanguTokenizer, apply_lora, load_pangu
+from whisper_enc import load_whisper
 
 # The release's optimisation settings (SPEC §9), used for every preset but the toy ones.
 RELEASE = dict(
@@ -42,12 +48,12 @@ RELEASE = dict(
 # Toy presets: sized so that `python train.py --stage 1` (stage 0 included) takes minutes on a
 # 2-core CPU. (our choice, tuned on the toy world; the recipe is otherwise the release's.)
 TOY = {
-    0: dict(lr=2e-3, warmup=50, steps=300, batch_frames=0, eval_every=100, save_every=100),
-    1: dict(lr=2e-3, warmup=50, steps=300, batch_frames=12_000, eval_every=100, save_every=100),
-    2: dict(lr=1e-3, warmup=20, steps=150, batch_frames=12_000, eval_every=50, save_every=50),
-    3: dict(lr=1e-3, warmup=50, steps=300, batch_frames=12_000, eval_every=100, save_every=100),
+    0: dict(lr=2e-3, warmup=30, steps=150, accum=1, eval_every=50, save_every=50),
+    1: dict(lr=2e-3, warmup=30, steps=200, accum=1, eval_every=50, save_every=50),
+    2: dict(lr=1e-3, warmup=20, steps=100, accum=1, eval_every=50, save_every=50),
+    3: dict(lr=1e-3, warmup=30, steps=200, accum=1, eval_every=50, save_every=50),
 }
-TOY_COMMON = dict(accum=4, clip=5.0, weight_decay=0.01, eval_batches=8, log_every=5)
+TOY_COMMON = dict(clip=5.0, weight_decay=0.01, batch_frames=3000, eval_batches=4, log_every=5)
 TOY_PRESETS = ("toy", "tiny")
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 IGNORE_ID = -100
@@ -267,16 +273,36 @@ def batch_to(batch: dict, device: str) -> dict:
     }
 
 
-def train_batches(make_epoch, epoch: int, index: int):
-    """Yield (epoch, index_after, batch) forever from `make_epoch(epoch, start)`, which yields
-    the batches of one epoch starting at batch `start` (the data position of a resumed run)."""
-    while True:
-        for batch in make_epoch(epoch, index):
-            index += 1
-            yield epoch, index, batch
-        if index == 0:
-            raise SystemExit("the training data yielded no batch: check --data and the filters")
-        epoch, index = epoch + 1, 0
+class EpochLoader:
+    """Batches of `make_epoch(epoch, start)` behind data.Loader's interface: iterating gives
+    one epoch, from the recorded position on; state_dict() says where it is (stage 0)."""
+
+    def __init__(self, make_epoch):
+        self.make_epoch, self.epoch, self.batches = make_epoch, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_consumed": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batches = state["epoch"], state["batches_consumed"]
+
+    def __iter__(self):
+        for batch in self.make_epoch(self.epoch, self.batches):
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+
+def forever(loader):
+    """Epoch after epoch. (A resumed run may begin with an empty rest of an epoch.)"""
+    empty = 0
+    while empty < 2:
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        empty = empty + 1 if n == 0 else 0
+    raise SystemExit("the training data yielded no batch: check --data and the filters")
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -291,12 +317,12 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def evaluate(model, step_fn, dev_epoch, n_batches: int, device: str, autocast, world: int):
+def evaluate(model, step_fn, dev_batches, n_batches: int, device: str, autocast, world: int):
     """Token-weighted mean loss over the first `n_batches` dev batches of every rank."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss * tokens, tokens)
     with torch.no_grad():
-        for i, batch in enumerate(dev_epoch(0, 0)):
+        for i, batch in enumerate(dev_batches):
             if i == n_batches:
                 break
             with autocast:
@@ -308,19 +334,12 @@ def evaluate(model, step_fn, dev_epoch, n_batches: int, device: str, autocast, w
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def train_loop(
-    args,
-    model,
-    step_fn,
-    train_epoch,
-    dev_epoch,
-    config: dict,
-    device: str,
-    rank: int = 0,
-    world: int = 1,
-) -> dict:
+def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device: str,
+               rank: int = 0, world: int = 1) -> dict:  # fmt: skip
     """The training run itself. `step_fn(model, batch) -> (mean loss, n target tokens)`;
-    `train_epoch(epoch, start)` / `dev_epoch(epoch, start)` yield this rank's batches."""
+    `train_data`: this rank's batches, one epoch per iteration, with state_dict() /
+    load_state_dict() (a data.Loader or an EpochLoader); `make_dev()`: an iterable of dev
+    batches, fresh each call."""
     out = Path(args.out)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -328,7 +347,6 @@ def train_loop(
         params, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=args.weight_decay
     )
     step, bad = 0, 0
-    positions = [[0, 0]] * world  # (epoch, batches consumed in it) per rank
     if args.resume:
         ckpt = find_checkpoint(Path(args.resume) if args.resume != "latest" else out)
         weights, saved_config, state = load_checkpoint(ckpt)
@@ -341,9 +359,10 @@ def train_loop(
             for n, p in zip(names, params):
                 p.copy_(weights[n])
         opt.load_state_dict(state["optimizer"])
-        step, bad, positions = state["step"], state["bad_steps"], state["positions"]
-        if len(positions) != world:
-            raise SystemExit(f"--resume {ckpt}: saved by {len(positions)} ranks, now {world}")
+        step, bad = state["step"], state["bad_steps"]
+        if len(state["data"]) != world:
+            raise SystemExit(f"--resume {ckpt}: saved by {len(state['data'])} ranks, now {world}")
+        train_data.load_state_dict(state["data"][rank])
         set_rng_state(state["rng"][rank], device)
         if rank == 0:
             print(f"resumed from {ckpt} at step {step}")
@@ -356,10 +375,14 @@ def train_loop(
         )
     kind = device.split(":")[0]
     autocast = torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, args.precision))
-    batches = train_batches(train_epoch, *positions[rank])
+    batches = forever(train_data)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     history, dev_history = [], []
+    if args.eval_every and step == 0:  # where the run starts from
+        dev_history.append((0, evaluate(model, step_fn, make_dev(), args.eval_batches, device,
+                                        autocast, world)))  # fmt: skip
+        bar.write(f"step 0: dev loss {dev_history[-1][1]:.4f}")
     model.train()
     while step < args.steps:
         step += 1
@@ -369,7 +392,7 @@ def train_loop(
         t0 = time.perf_counter()
         loss_sum, tokens = 0.0, 0
         for micro in range(args.accum):
-            epoch, index, batch = next(batches)
+            batch = next(batches)
             # DDP averages gradients on the last micro-batch's backward only
             sync = world == 1 or micro == args.accum - 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
@@ -379,15 +402,8 @@ def train_loop(
             loss_sum += loss.item()
             tokens += n
         norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
-        stats = torch.tensor(
-            [
-                loss_sum / args.accum,
-                tokens,
-                float(not math.isfinite(loss_sum) or not torch.isfinite(norm).item()),
-            ],
-            dtype=torch.float64,
-            device=device,
-        )
+        bad_now = not math.isfinite(loss_sum) or not torch.isfinite(norm).item()
+        stats = torch.tensor([loss_sum / args.accum, tokens, bad_now], device=device)
         if world > 1:  # every rank must agree on skipping, and log the mean loss
             dist.all_reduce(stats)
             stats[0] /= world
@@ -406,19 +422,12 @@ def train_loop(
             opt.zero_grad(set_to_none=True)
         synchronize(device)
         dt = time.perf_counter() - t0
-        rec = dict(
-            step=step,
-            loss=stats[0].item(),
-            lr=lr,
-            tokens=int(stats[1]),
-            step_time=dt,
-            grad_norm=norm.item(),
-            skipped=bool(stats[2] > 0),
-        )
+        rec = dict(step=step, loss=stats[0].item(), lr=lr, tokens=int(stats[1]), step_time=dt,
+                   grad_norm=norm.item(), skipped=bool(stats[2] > 0))  # fmt: skip
         history.append(rec)
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
             rec["dev_loss"] = evaluate(
-                model, step_fn, dev_epoch, args.eval_batches, device, autocast, world
+                model, step_fn, make_dev(), args.eval_batches, device, autocast, world
             )
             dev_history.append((step, rec["dev_loss"]))
             bar.write(f"step {step}: dev loss {rec['dev_loss']:.4f}")
@@ -427,29 +436,18 @@ def train_loop(
             log.flush()
         bar.update(1)
         if step % args.log_every == 0 or step == args.steps:
-            bar.set_postfix(
-                loss=f"{rec['loss']:.3f}",
-                lr=f"{lr:.2e}",
-                tok_s=f"{rec['tokens'] / dt:.0f}",
-                step=f"{dt * 1e3:.0f}ms",
-                peak=f"{peak_memory_gb(device):.2f}GB",
-            )
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}",
+                            tok_s=f"{rec['tokens'] / dt:.0f}", step=f"{dt * 1e3:.0f}ms",
+                            peak=f"{peak_memory_gb(device):.2f}GB")  # fmt: skip
         if (args.save_every and step % args.save_every == 0) or step == args.steps:
-            positions = [[epoch, index]] * world
-            rngs = [rng_state(device)] * world
+            positions, rngs = [train_data.state_dict()], [rng_state(device)]
             if world > 1:  # every rank's data position and generators, for an exact resume
-                dist.all_gather_object(positions, [epoch, index])
+                positions, rngs = [None] * world, [None] * world
+                dist.all_gather_object(positions, train_data.state_dict())
                 dist.all_gather_object(rngs, rng_state(device))
             if rank == 0:
-                state = dict(
-                    optimizer=opt.state_dict(),
-                    step=step,
-                    bad_steps=bad,
-                    positions=positions,
-                    rng=rngs,
-                    lr=args.lr,
-                    warmup=args.warmup,
-                )
+                state = dict(optimizer=opt.state_dict(), step=step, bad_steps=bad, data=positions,
+                             rng=rngs, lr=args.lr, warmup=args.warmup)  # fmt: skip
                 save_checkpoint(out, step, trainable_state(model), config, state, args.keep)
     bar.close()
     if log:
@@ -507,6 +505,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, help="gradient-norm clipping")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-frames", type=int, help="dynamic batching: mel frames per batch")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="text-only batches: samples (stage 0: blocks of --block ids)",
+    )
+    p.add_argument("--block", type=int, default=64, help="stage 0: ids per training block")
     p.add_argument("--eval-every", type=int, help="dev loss every N steps (0: never)")
     p.add_argument("--eval-batches", type=int, help="dev batches per evaluation and rank")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end)")
@@ -537,3 +542,235 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.keep < 1:
         p.error("--keep must be >= 1")
     return args
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def is_trainable(stage: int, name: str) -> bool:
+    """SPEC §9: which parameters each stage trains, by module name."""
+    if stage == 0:
+        return True  # the toy Pangu, from scratch
+    lora = ".lora_" in name
+    speech_side = not name.startswith("llm.")  # encoder, adapter, speech bos/eos rows
+    return {1: speech_side, 2: lora, 3: speech_side or lora}[stage]
+
+
+def pretrain_step(model, batch):
+    """Stage 0: next-token loss of the toy Pangu on packed blocks of corpus tokens (B, L + 1)."""
+    ids = batch["ids"]
+    logits = model(input_ids=ids[:, :-1])  # (B, L, V)
+    return lm_loss(logits, ids[:, 1:]), ids[:, 1:].numel()
+
+
+def speech_step(model, batch):
+    """Stages 1-3: the model's own loss on the target tokens (SPEC §7)."""
+    out = model(batch)
+    return out["loss"], int(out["n_tokens"])
+
+
+def corpus_blocks(
+    lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int
+):
+    """Stage 0 data: every line as BOS + pieces + EOS, concatenated and cut into blocks of
+    block + 1 ids; each epoch shuffles the blocks (seeded by epoch) and deals them to ranks."""
+    ids = []
+    for line in lines:
+        ids += tokenizer.encode(line, bos=True) + [tokenizer.eos_id]
+    n = len(ids) // (block + 1)
+    blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
+    n_batches = n // (batch * world)
+    if n_batches == 0:
+        raise SystemExit(f"the corpus has {n} blocks of {block + 1} ids: too few for one batch")
+
+    def epoch_batches(epoch: int, start: int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        order = order[rank : n_batches * batch * world : world].view(n_batches, batch)
+        for i in range(start, n_batches):
+            yield {"ids": blocks[order[i]]}
+
+    return epoch_batches
+
+
+def build_data(args, tokenizer_file: Path, rank: int, world: int):
+    """This rank's training batches (a loader that records its position) and a maker of
+    dev-batch iterables. Stage 0 reads the toy corpus; stages 1-3 go through data.py."""
+    if args.stage == 0:
+        corpus = Path(args.data or Path(args.toy_dir) / "corpus.txt")
+        lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+        n_dev = max(len(lines) // 20, 1)  # the last 5 % of the lines are the dev set
+        tok = PanguTokenizer(tokenizer_file)
+        blocks = dict(tokenizer=tok, block=args.block, batch=args.batch_size, seed=args.seed,
+                      rank=rank, world=world)  # fmt: skip
+        dev = corpus_blocks(lines[-n_dev:], **blocks)
+        return EpochLoader(corpus_blocks(lines[:-n_dev], **blocks)), lambda: dev(0, 0)
+    toy = data.ensure_toy_world(args.toy_dir) if args.data is None else None
+    conf = dict(tokenizer_file=tokenizer_file, stage=args.stage, seed=args.seed, rank=rank,
+                world_size=world, max_frames_in_batch=args.batch_frames,
+                text_batch_size=args.batch_size)  # fmt: skip
+    train_data = data.make_loader(
+        args.data or toy["train"], split="train", num_workers=args.num_workers, **conf
+    )
+    dev_list = args.dev_data or (toy["dev"] if toy else None)
+    if dev_list is None and args.eval_every:
+        print("no --dev-data: no dev loss")
+        args.eval_every = 0
+    return train_data, lambda: data.make_loader(dev_list, split="dev", **conf)
+
+
+def set_grad_ckpt(model: torch.nn.Module, on: bool) -> None:
+    """Turn gradient checkpointing on in the encoder, adapter and LLM blocks."""
+    parts = [model] if isinstance(model, Pangu) else [model.encoder, model.adapter, model.llm]
+    for part in parts:
+        if on and not hasattr(part, "gradient_checkpointing"):
+            print(f"warning: {type(part).__name__} has no gradient_checkpointing switch")
+        part.gradient_checkpointing = on
+
+
+def build_stage1_model(cfg: IOSUMConfig, whisper: str | None, llm: str) -> IOSUMPangu:
+    """Stage 1 starts from a Whisper encoder (or a fresh one, in the toy study), a fresh
+    adapter, and a pretrained LLM that it loads, never initialising a 7 B model at random."""
+    base = load_pangu(llm)
+    cfg = dataclasses.replace(cfg, llm=base.cfg)
+    # the model's own init for everything but the LLM: built around a 0-layer, 1-token stand-in
+    stand_in = dataclasses.replace(base.cfg, vocab_size=1, n_layers=0)
+    model = IOSUMPangu(dataclasses.replace(cfg, llm=stand_in, lora_r=0))
+    if cfg.lora_r > 0:  # LoRA from the start (frozen until stage 2), as the release builds it
+        apply_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    model.llm, model.cfg = base, cfg
+    if whisper:
+        enc = load_whisper(whisper, cfg.whisper)
+        model.encoder.load_state_dict(enc.state_dict(), strict=True)
+    return model
+
+
+def save_final(out: Path, model, tokenizer_file: Path | None) -> Path:
+    """The stage's result, what the next stage (or inference) loads: the whole model in our
+    format (stage 0: a Pangu folder that `pangu.load_pangu` reads), renamed into place."""
+    final, tmp = out / "final", out / f".final.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(model, Pangu):
+        tmp.mkdir(parents=True)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
+        )
+        (tmp / "config.json").write_text(json.dumps(model.cfg.to_json(), indent=1) + "\n")
+        if tokenizer_file:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.model")
+    else:
+        model.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        fsync_file(f)
+    old = out / f".final.old{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(args.device, local_rank)
+    if world > 1:  # MASTER_ADDR / MASTER_PORT come from torchrun's environment
+        dist.init_process_group(BACKENDS[device.split(":")[0]], rank=rank, world_size=world)
+    say = print if rank == 0 else lambda *a, **k: None
+    out, toy = Path(args.out), args.preset in TOY_PRESETS
+    say(
+        f"stage {args.stage}, preset {args.preset}, device {device} x {world}, "
+        f"{'bf16 autocast' if use_bf16(device, args.precision) else 'float32'}, out {out}"
+    )
+
+    # -- what the run starts from: on a fresh clone the toy data and earlier stages are made
+    if toy and args.data is None:
+        if rank == 0:
+            data.ensure_toy_world(args.toy_dir)
+        if world > 1:
+            dist.barrier()
+    prev = out.parent / f"stage{args.stage - 1}" / "final"  # runs/<preset>/stage<N-1>/final
+    needs_prev = args.stage > 0 and args.init is None and (args.stage > 1 or args.llm is None)
+    if needs_prev and not prev.exists():
+        if not toy:
+            raise SystemExit(
+                f"stage {args.stage} starts from {prev}, which does not exist: "
+                "run the previous stage, or pass --init (stage 1: --llm)"
+            )
+        say(f"{prev} is missing: training toy stage {args.stage - 1} first")
+        if world > 1:
+            raise SystemExit(f"run toy stage {args.stage - 1} first (one process), then this")
+        main(["--stage", str(args.stage - 1), "--preset", args.preset, "--out", str(prev.parent),
+              "--device", args.device, "--precision", args.precision, "--toy-dir", args.toy_dir,
+              "--seed", str(args.seed)])  # fmt: skip
+    tokenizer_file = Path(args.tokenizer) if args.tokenizer else None
+    if tokenizer_file is None and toy:
+        tokenizer_file = Path(args.toy_dir) / "tokenizer.model"
+
+    # -- model (same seed on every rank; DDP also broadcasts rank 0's weights)
+    torch.manual_seed(args.seed)
+    if args.stage == 0:
+        model = Pangu(PanguConfig.from_name(args.preset))
+        cfg_json = dict(format="pangu-stage0", config=model.cfg.to_json())
+        step_fn = pretrain_step
+    else:
+        if args.stage == 1 and args.init is None:
+            cfg = IOSUMConfig.from_name(args.preset)
+            model = build_stage1_model(cfg, args.whisper, args.llm or str(prev))
+            say(f"starting from LLM {args.llm or prev}, encoder {args.whisper or '(fresh)'}")
+        else:
+            model = IOSUMPangu.from_pretrained(args.init or prev, dtype=torch.float32)
+            say(f"starting from {args.init or prev}")
+        if tokenizer_file is None:
+            tokenizer_file = model.tokenizer_file
+        if tokenizer_file is None and args.llm and Path(args.llm, "tokenizer.model").exists():
+            tokenizer_file = Path(args.llm, "tokenizer.model")
+        if tokenizer_file is None:
+            raise SystemExit("no tokenizer: pass --tokenizer (the LLM's tokenizer.model)")
+        model.set_prompts(tokenizer_file)
+        cfg_json = dict(
+            format="iosum-pangu",
+            trainable_only=True,
+            config=model.cfg.to_dict(),
+            prompt_ids=model.prompt_ids,
+        )
+        step_fn = speech_step
+    cfg_json["stage"], cfg_json["args"] = args.stage, vars(args)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_trainable(args.stage, name))
+    bf16 = use_bf16(device, args.precision)
+    for p in model.parameters():  # float32 master weights for what trains; frozen as loaded
+        if p.requires_grad or not bf16:
+            p.data = p.data.float()
+    set_grad_ckpt(model, args.grad_ckpt)
+    model.to(device)
+    say(describe_trainable(model))
+
+    # -- data: this rank's share, seeded the same on every rank
+    train_data, make_dev = build_data(args, tokenizer_file, rank, world)
+    seed_all(args.seed + rank)  # dropout and augmentation differ per rank, reproducibly
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = train_loop(args, model, step_fn, train_data, make_dev, cfg_json, device, rank, world)
+    if rank == 0:
+        result["final"] = save_final(out, model, tokenizer_file)
+        say(f"saved {result['final']}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    result["model"] = model
+    return result
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+if __name__ == "__main__":
+    main()

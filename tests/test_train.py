@@ -82,8 +82,8 @@ def standin_run(tmp_path, *extra, nan_at=()):
         args,
         model,
         standin_step,
-        standin_epoch(nan_at=nan_at),
-        standin_epoch(),
+        train.EpochLoader(standin_epoch(nan_at=nan_at)),
+        lambda: standin_epoch()(0, 0),
         {"model": "stand-in"},
         "cpu",
     )
@@ -240,3 +240,63 @@ def test_log_file_written(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2]
     assert os.path.exists(tmp_path / "latest")
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+def speech_batch(cfg, B=2, T=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([T, T * 2 // 3])[:B]
+    mel = torch.randn(B, cfg.whisper.n_mels, T, generator=g)
+    mel[1:, :, lengths[1] :] = 0
+    V = cfg.llm.vocab_size
+    instruction = torch.randint(40, V, (B, 6), generator=g)
+    instruction[1, 4:] = -1
+    target = torch.randint(40, V, (B, 8), generator=g)
+    target[1, 5:] = -100
+    return {
+        "keys": ["a", "b"][:B],
+        "tasks": ["<asr>"] * B,
+        "kind": "speech",
+        "mel": mel,
+        "mel_lengths": lengths,
+        "instruction": instruction,
+        "target": target,
+    }
+
+
+def toy_model(stage=3, preset="toy"):
+    from model import IOSUMConfig, IOSUMPangu
+
+    torch.manual_seed(0)
+    model = IOSUMPangu(IOSUMConfig.from_name(preset))
+    model.set_prompt_ids(p1_speech=[1, 3, 50, 60], p1_text=[1, 3, 70], p2=[1, 4, 80])
+    for name, p in model.named_parameters():
+        p.requires_grad_(train.is_trainable(stage, name))
+    return model
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = toy_model(stage=3)
+    batch = speech_batch(model.cfg)
+    grads, saved = [], []
+    for on in (False, True):
+        train.set_grad_ckpt(model, on)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks (checkpointing replays the RNG)
+        storages = {}  # what autograd keeps for backward outside checkpointed blocks
+
+        def pack(x, storages=storages):
+            storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            loss = model(batch)["loss"]
+        loss.backward()
+        saved.append(sum(storages.values()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert saved[1] < 0.5 * saved[0], saved  # the switch really checkpoints
+    assert any(".lora_" in n for n in grads[0]) and any(n.startswith("encoder.") for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=1e-5, msg=n)

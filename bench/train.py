@@ -1,0 +1,226 @@
+"""Training benchmarks (issue 6).
+
+1. Gradient checkpointing: step time and peak activation memory of a toy stage-3 step
+   (encoder + adapter + LoRA train) on long audio, off vs on; each in a fresh process, peak
+   memory = the rise of the peak resident set over the resident set before the step (Linux
+   /proc, with glibc returning freed blocks at once). Goal: >= 40 % less memory for
+   <= 40 % more time.
+2. Toy stages: target tokens/s of `train.py` on the toy world, stages 1-3.
+3. `--device cuda --shape 7b`: one stage-3 LoRA step at the released shape in bf16
+   (Whisper-medium + adapter + openPangu-7B with LoRA r 64), random weights, tokens/s and
+   peak memory. Needs a GPU with ~40 GB.
+
+    python bench/train.py                       # 1 and 2 on the CPU
+    python bench/train.py --device cuda --shape 7b
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from model import IOSUMConfig, IOSUMPangu  # noqa: E402
+
+
+def proc_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def reset_peak() -> None:
+    """Give freed heap back to the OS, then restart the kernel's peak-RSS counter."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def fake_batch(cfg, B: int, frames: int, n_instr: int, n_target: int, device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    V = cfg.llm.vocab_size
+    return {
+        "kind": "speech",
+        "mel": torch.randn(B, cfg.whisper.n_mels, frames, generator=g).to(device),
+        "mel_lengths": torch.full((B,), frames, device=device),
+        "instruction": torch.randint(40, V, (B, n_instr), generator=g).to(device),
+        "target": torch.randint(40, V, (B, n_target), generator=g).to(device),
+    }
+
+
+def stage3_model(preset: str, device: str, bf16: bool, meta: bool = False) -> IOSUMPangu:
+    cfg = IOSUMConfig.from_name(preset)
+    if meta:  # the 7 B shape: no 32 GB random init on the CPU; fill on the device
+        with torch.device("meta"):
+            model = IOSUMPangu(cfg)
+        model.to_empty(device=device)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.normal_(0, 0.02) if ".lora_B." not in n else p.zero_()
+        assert not list(model.buffers()), "fill the buffers here: to_empty left them garbage"
+    else:
+        model = IOSUMPangu(cfg).to(device)
+    model.set_prompt_ids(p1_speech=list(range(1, 60)), p2=list(range(1, 10)))
+    for n, p in model.named_parameters():
+        p.requires_grad_(train.is_trainable(3, n))
+        if bf16 and not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)  # frozen LLM in bf16, trained parts float32
+    return model
+
+
+def one_config(args) -> dict:
+    """Child process: `--steps` stage-3 steps, returns times and memory."""
+    device = train.pick_device(args.device)
+    bf16 = train.use_bf16(device, "auto")
+    torch.manual_seed(0)
+    model = stage3_model(args.preset, device, bf16, meta=args.shape == "7b")
+    train.set_grad_ckpt(model, args.ckpt)
+    batch = fake_batch(model.cfg, args.batch, args.frames, 20, args.target, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    kind = device.split(":")[0]
+    autocast = torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16)
+    times, tokens = [], 0
+    for i in range(args.steps + 1):  # step 0 allocates grads and optimizer state
+        if i == 1:
+            if kind == "cpu":
+                reset_peak()
+                base = proc_kib("VmRSS")
+            else:
+                getattr(torch, kind).reset_peak_memory_stats()
+                base = getattr(torch, kind).memory_allocated() // 1024
+        train.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast:
+            out = model(batch)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        opt.zero_grad(set_to_none=False)  # keep grads allocated: memory = activations
+        del out
+        train.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+            tokens += int((batch["target"] >= 0).sum())
+    if kind == "cpu":
+        peak = proc_kib("VmHWM")
+    else:
+        peak = getattr(torch, kind).max_memory_allocated() // 1024
+    return dict(
+        ckpt=args.ckpt,
+        step_s=statistics.median(times),
+        act_peak_mib=(peak - base) / 1024,
+        peak_mib=peak / 1024,
+        tok_s=tokens / sum(times),
+    )
+
+
+def child(args, ckpt: bool) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--shape",
+        args.shape,
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--target",
+        str(args.target),
+        "--steps",
+        str(args.steps),
+    ] + (["--ckpt"] if ckpt else [])
+    # every block above 64 KiB is mmapped and unmapped on free, so RSS follows live memory
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def toy_stage_tokens(steps: int) -> None:
+    """Target tokens/s of the real loop (toy world, data loading included) per stage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in (1, 2, 3):
+            res = train.main(
+                [
+                    "--stage",
+                    str(stage),
+                    "--out",
+                    f"{tmp}/stage{stage}",
+                    "--steps",
+                    str(steps),
+                    "--eval-every",
+                    "0",
+                    "--device",
+                    "cpu",
+                ]
+                + ([] if stage == 1 else ["--init", f"{tmp}/stage{stage - 1}/final"])
+            )
+            h = res["history"][1:]  # the first step warms up
+            tok_s = sum(r["tokens"] for r in h) / sum(r["step_time"] for r in h)
+            step = statistics.median(r["step_time"] for r in h)
+            print(
+                f"toy stage {stage}: {tok_s:.0f} target tokens/s, {step * 1e3:.0f} ms/step "
+                f"(accumulation {res.get('accum', 4)})"
+            )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shape", default="toy", choices=["toy", "7b"])
+    p.add_argument("--batch", type=int, default=None, help="utterances per step")
+    p.add_argument("--frames", type=int, default=None, help="mel frames per utterance")
+    p.add_argument("--target", type=int, default=60, help="target tokens per utterance")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--toy-steps", type=int, default=12, help="steps per toy stage (0: skip)")
+    p.add_argument("--ckpt", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--preset", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    seven = args.shape == "7b"
+    args.preset = args.preset or ("iosum-pangu-7b" if seven else "toy")
+    args.batch = args.batch or (4 if seven else 8)
+    args.frames = args.frames or (1000 if seven else 3000)  # 10 s / 30 s of audio
+    if args.child:
+        print(json.dumps(one_config(args)))
+        return
+    train.pick_device(args.device)  # a clear error now if the device is absent
+    print(
+        f"stage-3 step, preset {args.preset}, {args.batch} x {args.frames} frames, "
+        f"{args.target} target tokens each, device {args.device}, torch {torch.__version__}"
+    )
+    off, on = child(args, False), child(args, True)
+    for r in (off, on):
+        print(
+            f"  grad-ckpt {'on ' if r['ckpt'] else 'off'}: {r['step_s'] * 1e3:7.0f} ms/step, "
+            f"activation peak {r['act_peak_mib']:7.0f} MiB, peak {r['peak_mib']:7.0f} MiB, "
+            f"{r['tok_s']:.0f} target tokens/s"
+        )
+    mem = 1 - on["act_peak_mib"] / off["act_peak_mib"]
+    slow = on["step_s"] / off["step_s"] - 1
+    print(
+        f"  checkpointing: activation memory -{mem:.0%}, step time +{slow:.0%} "
+        f"(goal: >= 40 % less memory for <= 40 % more time)"
+    )
+    if not seven and args.toy_steps:
+        toy_stage_tokens(args.toy_steps)
+
+
+if __name__ == "__main__":
+    main()
