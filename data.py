@@ -345,7 +345,7 @@ def read_raw_list(path: str | Path, counter: BadDataCounter | None = None) -> It
         yield sample
 
 
-def _tar_groups(tar_path: Path, where: str) -> Iterator[dict]:
+def _tar_groups(tar_path: Path) -> Iterator[dict]:
     """Stream a shard: members grouped by key (consecutive `KEY.ext` members), never unpacked.
 
     Yields {key, <ext>: bytes, ...}; the grouping rule is WeNet's (prefix before the last '.')."""
@@ -396,7 +396,7 @@ def _read_tar(tar_path: Path, where: str, counter: BadDataCounter) -> Iterator[d
         counter.add("missing_file", where, f"tar {tar_path} does not exist")
         return
     try:
-        for group in _tar_groups(tar_path, where):
+        for group in _tar_groups(tar_path):
             try:
                 sample = _shard_sample(group, f"{tar_path}:{group['key']}")
             except BadSample as e:
@@ -536,6 +536,8 @@ def parse_simple_yaml(text: str, name: str = "<yaml>") -> dict:
             stack.append((indent, parent[key]))
         elif value.startswith("{") and value.endswith("}"):
             parent[key] = _flow_mapping(value, where)
+        elif value[0] in "[&*|>":
+            raise ValueError(f"{where}: not in the supported YAML subset: {raw!r}")
         else:
             parent[key] = _scalar(value)
     return root
@@ -1678,9 +1680,10 @@ def build_toy_world(
     corpus = [corpus[i] for i in rng.permutation(len(corpus))]
     paths["corpus"].write_text("\n".join(corpus) + "\n", encoding="utf-8")
     # The tokenizer also sees the prompts and every label, never a held-out phrasing.
-    from model import PROMPT_TEXTS  # the prompt segments: the toy prompts come out short
+    from model import PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
 
-    prompts = [line for text in PROMPT_TEXTS.values() for line in text.split("\n")]
+    chatml = pattern1("").split("\n") + PATTERN2.split("\n")  # so the toy prompts are short
+    prompts = [SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE, *chatml]
     labels = [
         f"{lab} {lab.strip('<>').lower().replace('_', ' ')}"
         for labs in LABELS.values()
@@ -1704,13 +1707,13 @@ def ensure_toy_world(
     n_shards: int = 8,
 ) -> dict[str, Path]:
     """The toy world's paths, building it the first time (and when its parameters changed)."""
-    root = Path(root)
-    paths = _toy_paths(root)
+    paths = _toy_paths(Path(root))
+    root = Path(root).resolve()  # a link (toy_data -> elsewhere) is rebuilt where it points
     params = _toy_params(seed, n_train, n_dev, n_test, n_shards)
     if _toy_params_at(root) == params:
         return paths
-    if root.exists() and not paths["index"].is_file() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a toy world (no {paths['index'].name})")
+    if root.exists() and not _toy_paths(root)["index"].is_file() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a toy world (no toy_world.json)")
     print(f"building the toy world in {root} (seed {seed}); this happens once", file=sys.stderr)
     t0 = time.time()
     # Built aside and renamed into place, so that processes starting together (DDP ranks,

@@ -131,6 +131,8 @@ shards:
     assert data.parse_simple_yaml(text) == yaml.safe_load(text)
     with pytest.raises(ValueError, match=":2"):
         data.parse_simple_yaml("a:\n  - listed\n")
+    with pytest.raises(ValueError, match=":1"):
+        data.parse_simple_yaml("a: [1, 2]\n")
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "asr.list").write_text('{"key": "a", "wav": "a.wav", "txt": "x"}\n')
     (tmp_path / "lists" / "emo list.txt").write_text('{"key": "b", "wav": "b.wav", "txt": "x"}\n')
