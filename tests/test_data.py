@@ -405,6 +405,13 @@ def test_toy_world_is_deterministic(tmp_path):
     assert a["index"].stat().st_mtime_ns == stamp
 
 
+def test_stage0_corpus_holds_no_heldout_instruction(toy):
+    corpus = toy["corpus"].read_text(encoding="utf-8")
+    heldout = [s for t in data.TASK_COMBOS for s in data.instruction_bank(t)["heldout"]]
+    assert heldout and not [s for s in heldout if s in corpus]
+    assert [s for t in data.TASK_COMBOS for s in data.instruction_bank(t)["train"] if s in corpus]
+
+
 def test_toy_tokenizer_has_the_contract_layout(toy):
     spm = pytest.importorskip("sentencepiece")
     sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
