@@ -1,8 +1,8 @@
 """Our Whisper encoder and front end vs openai-whisper and Hugging Face, on the same weights.
 
 CPU float32, Whisper-medium width (d 1024, 16 heads, MLP 4096) with fewer layers, one 30 s
-utterance (3000 mel frames). Prints seconds per utterance and each library's time / ours
-(> 1.0: ours is faster). Run: python bench/encoder.py [--layers 4 --rounds 3]
+utterance (3000 mel frames). Prints wall-clock and CPU seconds per utterance and each
+library's time / ours (> 1.0: ours is faster). Run: python bench/encoder.py [--layers 4]
 """
 
 import argparse
@@ -20,25 +20,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from whisper_enc import SAMPLE_RATE, load_whisper, log_mel_spectrogram  # noqa: E402
 
 
-def best_seconds(fns: dict, rounds: int) -> dict:
-    """Best time of each (already warmed-up) fn over interleaved rounds (A B C A B C ...).
+def best_seconds(fns: dict, rounds: int) -> tuple[dict, dict]:
+    """Best wall and best CPU (process) seconds of each warmed-up fn over interleaved rounds,
+    in alternating order (A B C, C B A, ...).
 
-    Interleaving and taking the minimum keep the ratios fair on a shared, busy machine:
-    other processes slow down a run, they never speed one up.
+    On a shared, busy machine other processes slow a run down but never speed one up, so
+    the minimum is the fair number; CPU time, which excludes time spent waiting for a core,
+    is the steadier of the two there.
     """
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    wall, cpu = dict.fromkeys(fns, float("inf")), dict.fromkeys(fns, float("inf"))
+    for r in range(rounds):
+        for name in list(fns) if r % 2 == 0 else reversed(list(fns)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            wall[name] = min(wall[name], time.perf_counter() - t0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     torch.manual_seed(0)
     d, heads, mlp = 1024, 16, 4096
@@ -61,12 +64,12 @@ def main():
         ref = openai(mel)  # these three forwards are also the warm-up
         diff_openai = (ours(mel)[0] - ref).abs().max().item()
         diff_hf = (hf(mel).last_hidden_state - ref).abs().max().item()
-        t = best_seconds(
+        wall, cpu = best_seconds(
             {"ours": lambda: ours(mel), "openai": lambda: openai(mel), "hf": lambda: hf(mel)},
             args.rounds,
         )
         log_mel_spectrogram(audio), whisper.audio.log_mel_spectrogram(audio)  # warm-up
-        fe = best_seconds(
+        fe, _ = best_seconds(
             {
                 "ours": lambda: log_mel_spectrogram(audio),
                 "whisper": lambda: whisper.audio.log_mel_spectrogram(audio),
@@ -78,16 +81,17 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, load average "
         f"{os.getloadavg()[0]:.1f}; encoder d {d} / {heads} heads / MLP {mlp} / {args.layers} "
         f"layers ({ours.num_params() / 1e6:.1f} M); one 30 s utterance (3000 frames); "
-        f"best of {args.rounds} interleaved rounds"
+        f"best of {args.rounds} interleaved rounds (per utterance)"
     )
     print(f"max |ours - openai| {diff_openai:.2e}   max |HF - openai| {diff_hf:.2e}")
-    print(f"{'':28s}{'s / utt':>9s}{'their time / ours':>20s}")
+    print(f"{'':28s}{'wall s':>8s}{'ratio':>7s}{'CPU s':>8s}{'ratio':>7s}   (ratio: theirs / ours)")
     for name, label in (
         ("ours", "ours (whisper_enc)"),
         ("openai", "openai-whisper AudioEncoder"),
         ("hf", "HF WhisperEncoder (sdpa)"),
     ):
-        print(f"{label:28s}{t[name]:9.3f}{t[name] / t['ours']:20.2f}")
+        w, c = wall[name], cpu[name]
+        print(f"{label:28s}{w:8.3f}{w / wall['ours']:7.2f}{c:8.3f}{c / cpu['ours']:7.2f}")
     print(
         f"front end, 30 s audio: ours {fe['ours'] * 1e3:.1f} ms, whisper "
         f"{fe['whisper'] * 1e3:.1f} ms, their time / ours {fe['whisper'] / fe['ours']:.2f}"
