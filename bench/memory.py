@@ -4,8 +4,9 @@
    model from safetensors, relative to the bytes of its tensors (goal <= 1.15x). The model
    is openPangu-7B's shape with fewer layers (random bf16 weights written to a temp dir):
    - `model.IOSUMPangu.from_pretrained(dir)`: our format, the whole speech model;
-   - `pangu.load_pangu(dir)`: the LLM alone, Hugging Face layout in 2 shards + index;
-   - the same, with the tensors read by `model.read_safetensors` (plain reads, no mmap).
+   - `pangu.load_pangu(dir)`: the LLM alone, Hugging Face layout in 2 shards + index.
+   Both build on the meta device and assign memory-mapped (copy-on-write) tensors, so the
+   peak is taken after reading every tensor once, as a forward pass would.
 2. End-to-end latency of one 10 s utterance, split into front end / encoder / adapter /
    prefill / decode, float32, for the toy model and a mid-size one (Whisper-medium encoder,
    the release's adapter, openPangu-7B width and vocabulary with 2 of its 34 layers).
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pangu  # noqa: E402
-from model import IOSUMConfig, IOSUMPangu, read_safetensors  # noqa: E402
+from model import IOSUMConfig, IOSUMPangu  # noqa: E402
 from whisper_enc import SAMPLE_RATE, log_mel_spectrogram  # noqa: E402
 
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float32: "F32"}
@@ -115,13 +116,6 @@ def child(kind: str, path: str) -> None:
         model = IOSUMPangu.from_pretrained(path)
     elif kind == "load_pangu":
         model = pangu.load_pangu(path)
-    elif kind == "load_pangu_plain_reads":
-        index = json.loads((Path(path) / "model.safetensors.index.json").read_text())
-        sd = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            sd.update(read_safetensors(Path(path) / shard))
-        model = pangu.load_pangu(sd, pangu.PanguConfig.from_json(Path(path) / "config.json"))
-        del sd
     else:
         raise ValueError(kind)
     seconds = time.time() - t
@@ -150,8 +144,7 @@ def bench_load(layers: int) -> None:
         paths = prepare(Path(tmp), layers)
         print(f"{'loader':<44} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
               f"{'(peak-base)/bytes':>17} {'load s':>6}")  # fmt: skip
-        for kind, path in [("ours", paths["ours"]), ("load_pangu", paths["hf"]),
-                           ("load_pangu_plain_reads", paths["hf"])]:  # fmt: skip
+        for kind, path in [("ours", paths["ours"]), ("load_pangu", paths["hf"])]:
             r = run_child(kind, path)
             b, peak, base = r["tensor_bytes"], r["peak_kb"] * 1024, r["base_kb"] * 1024
             print(f"{LOADERS[kind]:<44} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
@@ -162,7 +155,6 @@ def bench_load(layers: int) -> None:
 LOADERS = {
     "ours": "IOSUMPangu.from_pretrained (our format)",
     "load_pangu": "pangu.load_pangu (HF shards, safe_open)",
-    "load_pangu_plain_reads": "pangu.load_pangu(model.read_safetensors)",
 }
 
 
