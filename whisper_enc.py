@@ -172,6 +172,8 @@ def log_mel_spectrogram(
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     if audio.dim() != 1:
         raise ValueError(f"log_mel_spectrogram wants mono audio (N,), got {tuple(audio.shape)}")
+    if audio.shape[0] <= N_FFT // 2:  # the centred STFT reflects 200 samples at each end
+        raise ValueError(f"{audio.shape[0]} audio samples: need at least {N_FFT // 2 + 1}")
     if pad_to_frames is not None:
         n = pad_to_frames * HOP_LENGTH
         if audio.shape[0] > n:

@@ -106,6 +106,10 @@ def test_log_mel_matches_whisper(samples_dir, reference_dir):
     assert_close(ours, ref, atol=1e-4, rtol=0)
     assert_close(log_mel_spectrogram(audio, n_mels=128), whisper_mel(audio, 128), atol=1e-4, rtol=0)
     assert_close(log_mel_spectrogram(audio.numpy()), log_mel_spectrogram(audio))  # ndarray in
+    assert log_mel_spectrogram(torch.zeros(201)).shape == (80, 1)
+    for bad in (torch.zeros(200), torch.zeros(2, 16000)):
+        with pytest.raises(ValueError, match="need at least 201|wants mono audio"):
+            log_mel_spectrogram(bad)
 
 
 def test_log_mel_matches_hf_feature_extractor(samples_dir):
