@@ -10,6 +10,7 @@ Convert the release to ours: `python model.py convert CHECKPOINT OUT_DIR [--llm-
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -515,10 +516,15 @@ class IOSUMPangu(nn.Module):
             cfg = dataclasses.replace(cfg, lora_r=0)
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / WEIGHTS_NAME))
+        # Written beside, then renamed: a model loaded from this very file holds it
+        # memory-mapped, and rewriting the file in place would pull its pages away.
+        tmp = out / (WEIGHTS_NAME + ".tmp")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        os.replace(tmp, out / WEIGHTS_NAME)
         meta = dict(format=FORMAT, trainable_only=trainable_only, config=cfg.to_dict(),
                     prompt_ids=self.prompt_ids)  # fmt: skip
-        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / "config.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(out / "config.json.tmp", out / "config.json")
         if self.tokenizer_file is not None and self.tokenizer_file.exists():
             if self.tokenizer_file.resolve() != (out / TOKENIZER_NAME).resolve():
                 shutil.copyfile(self.tokenizer_file, out / TOKENIZER_NAME)
@@ -697,6 +703,7 @@ def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
 
 
 # ----------------------------------------------------------------------------- reading files
+
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file, memory-mapped copy-on-write (safetensors' own

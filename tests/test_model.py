@@ -430,6 +430,9 @@ def test_save_load_round_trip_and_convert(reference_dir, fx, tmp_path):
     again = IOSUMPangu.from_pretrained(tmp_path / "ours")  # no flags: config.json has it all
     assert again.cfg == model.cfg and again.prompt_ids == model.prompt_ids
     assert torch.equal(again(batch)["logits"], want)  # bit-identical
+    again.save_pretrained(tmp_path / "ours")  # over the file it is memory-mapped from
+    assert torch.equal(again(batch)["logits"], want)
+    assert torch.equal(IOSUMPangu.from_pretrained(tmp_path / "ours")(batch)["logits"], want)
     # the command line, LoRA merged: same function, no LoRA modules left
     main(["convert", str(reference_dir / "checkpoint.pt"), str(tmp_path / "merged"),
           "--llm-dir", str(reference_dir), "--preset", "reference-tiny", "--merge-lora"])  # fmt: skip
