@@ -580,3 +580,25 @@ def test_checkpoint_without_llm_reads_llm_dir(reference_dir, fx, tmp_path):
     batch = single_batch(fx)
     close(model(batch)["logits"], want(batch)["logits"], atol=1e-6, rtol=0)
     assert not torch.allclose(want(batch)["logits"][0], fx["forward_logits"], atol=1e-3)  # LoRA off
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_reference_on_cuda(reference_dir, fx):
+    """The model follows its weights' device: CPU batches in, the same numbers out."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model = load_reference(reference_dir, fx).cuda()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # convolutions in full float32, as on the CPU
+    try:
+        out = model(single_batch(fx))
+        close(out["logits"][0].cpu(), fx["forward_logits"], atol=1e-4)
+        ids = model.generate_ids(single_batch(fx, False), max_new_tokens=16, eos_id=EOS_STANDIN)
+        assert ids == [fx["generate_ids_reppen105"].tolist()]
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    model = model.bfloat16()
+    close(
+        model(single_batch(fx))["logits"][0].float().cpu(), fx["forward_logits"], atol=3e-2, rtol=0
+    )
