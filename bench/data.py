@@ -1,6 +1,7 @@
 """Is the data loader fast enough? Samples/s it delivers vs samples/s a toy training step eats.
 
     python bench/data.py [--root toy_data] [--max-frames 2000] [--batches 30] [--steps 4]
+                         [--threads N]
 
 Loader: stage-1 training batches of the toy world (FLAC shards -> log-mel -> SpecAugment/SpecSub
 -> collate) with 0 and 2 workers, worker start-up included. Trainer: forward + backward + AdamW
@@ -106,7 +107,10 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=2000, help="max_frames_in_batch")
     ap.add_argument("--batches", type=int, default=30, help="batches timed per loader run")
     ap.add_argument("--steps", type=int, default=4, help="training steps timed (+1 warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths = data.ensure_toy_world(args.root)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batches of <= "
           f"{args.max_frames} padded frames")  # fmt: skip
