@@ -546,9 +546,10 @@ def load_whisper(
         source = str(path_or_state_dict)
         sd, n_heads = _read_checkpoint(Path(path_or_state_dict))
     sd, origin = _convert(sd)
-    if "conv1.weight" not in sd or "blocks.0.mlp.0.weight" not in sd:
-        raise ValueError(f"{source}: no conv1.weight / blocks.0.mlp.0.weight encoder keys")
-    cfg = cfg or _config_from_shapes(sd, n_heads)
+    if cfg is None:
+        if "conv1.weight" not in sd or "blocks.0.mlp.0.weight" not in sd:
+            raise ValueError(f"{source}: cannot infer the config without conv1 / blocks.0.mlp.0")
+        cfg = _config_from_shapes(sd, n_heads)
     dtype = dtype or torch.get_default_dtype()
     with torch.device("meta"):
         model = WhisperEncoder(cfg)
