@@ -3,6 +3,10 @@
 CPU float32, Whisper-medium width (d 1024, 16 heads, MLP 4096) with fewer layers, one 30 s
 utterance (3000 mel frames). Prints wall-clock and CPU seconds per utterance and each
 library's time / ours (> 1.0: ours is faster). Run: python bench/encoder.py [--layers 4]
+
+Measured (2-core x86-64 CPU shared with other jobs, load average ~7, torch 2.13 CPU, 4 layers):
+ours 8.2 s wall / 4.1 s CPU per utterance; openai-whisper 0.99-1.30x and HF 0.85-1.08x our time
+over four runs, CPU-time ratios 0.99-1.05: the same kernels, equal within the machine's noise.
 """
 
 import argparse
