@@ -5,8 +5,9 @@ utterance (3000 mel frames). Prints wall-clock and CPU seconds per utterance and
 library's time / ours (> 1.0: ours is faster). Run: python bench/encoder.py [--layers 4]
 
 Measured (2-core x86-64 CPU shared with other jobs, load average ~7, torch 2.13 CPU, 4 layers):
-ours 8.2 s wall / 4.1 s CPU per utterance; openai-whisper 0.99-1.30x and HF 0.85-1.08x our time
-over four runs, CPU-time ratios 0.99-1.05: the same kernels, equal within the machine's noise.
+ours 7.6-9.1 s wall / 4.1-4.3 s CPU per utterance. Their time / ours over four runs: wall
+openai-whisper 0.88-1.30, HF 0.85-1.08; CPU time (two runs) openai-whisper 0.99-1.05, HF
+1.01-1.03. The same kernels: equal within this machine's noise, not reliably faster.
 """
 
 import argparse
