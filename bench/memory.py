@@ -12,6 +12,7 @@
    the release's adapter, openPangu-7B width and vocabulary with 2 of its 34 layers).
 
     python bench/memory.py [--layers 8] [--skip-load] [--skip-latency] [--mid-layers 2]
+                           [--threads N]
 """
 
 import argparse
@@ -228,10 +229,13 @@ def main() -> None:
     p.add_argument("--mid-layers", type=int, default=2, help="LLM layers of the mid latency model")
     p.add_argument("--skip-load", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(*args.child)
+    if args.threads:  # on a shared machine, fewer threads than cores avoids OpenMP spin stalls
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
     if not args.skip_load:
         bench_load(args.layers)
