@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 PREFIXES = ("down_sample_2.", "speech_transformer.", "speech_llama_proj.")
 PE_KEY = "speech_transformer.embed.pos_enc.pe"  # (1, 5000, d) sinusoid buffer of the release
@@ -166,10 +167,13 @@ class SpeechTransformer(nn.Module):
         self.encoders = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_blocks))
         self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, ckpt: bool = False) -> torch.Tensor:
         x = self.embed(x)
         for layer in self.encoders:
-            x = layer(x, key_mask)
+            if ckpt:  # recompute in backward: activations of one block at a time
+                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+            else:
+                x = layer(x, key_mask)
         return self.after_norm(x)
 
 
@@ -180,6 +184,7 @@ class Adapter(nn.Module):
         self.down_sample_2 = Conv1dSubsampling4(cfg.d_in, cfg.d_model)
         self.speech_transformer = SpeechTransformer(cfg)
         self.speech_llama_proj = nn.Linear(cfg.d_model, cfg.d_out)
+        self.gradient_checkpointing = False  # the release checkpoints the encoder only
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
@@ -199,7 +204,8 @@ class Adapter(nn.Module):
             torch.div(lengths + 1, 2, rounding_mode="floor") + 1, 2, rounding_mode="floor"
         )
         key_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T'')
-        x = self.speech_transformer(x, key_mask)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        x = self.speech_transformer(x, key_mask, ckpt)
         return self.speech_llama_proj(x), lengths  # (B, T'', d_out), (B,)
 
 

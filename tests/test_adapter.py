@@ -121,3 +121,18 @@ def test_position_table_checked_and_dropped(fixtures):
     whisper_style = torch.cat([pe[..., 0::2], pe[..., 1::2]], -1)  # [sin | cos]: wrong table
     with pytest.raises(ValueError, match="pos_enc.pe"):
         adapter_state_dict({PE_KEY: whisper_style})
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(2)
+    model = Adapter(AdapterConfig.from_name("tiny", dropout=0.0)).train()
+    x, lengths = torch.randn(2, 21, 64), torch.tensor([21, 13])
+    grads = []
+    for on in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = on
+        y, yl = model(x, lengths)
+        y[0, : yl[0]].sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
