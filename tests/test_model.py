@@ -602,3 +602,24 @@ def test_reference_on_cuda(reference_dir, fx):
     close(
         model(single_batch(fx))["logits"][0].float().cpu(), fx["forward_logits"], atol=3e-2, rtol=0
     )
+
+
+@pytest.mark.real7b
+@torch.no_grad()
+def test_real_release_writes_the_task_tag(samples_dir):
+    """With the released weights: the model names the task it was asked for, first."""
+    import os
+
+    from whisper_enc import load_audio
+
+    ckpt, llm_dir = os.environ.get("IOSUM_CHECKPOINT"), os.environ.get("IOSUM_LLM_DIR")
+    if not ckpt or not llm_dir:
+        pytest.skip(
+            "set IOSUM_CHECKPOINT (step_N.pt) and IOSUM_LLM_DIR (openPangu-Embedded-7B-V1.1)"
+        )
+    model = IOSUMPangu.from_pretrained(ckpt, llm_dir)
+    wav = next(samples_dir.rglob("*.wav"))
+    texts, _ = model.generate(
+        audio=[load_audio(wav)], instruction=["请转录这段音频。"], max_new_tokens=40
+    )
+    assert texts[0].startswith("<asr>"), texts
