@@ -458,3 +458,67 @@ def test_toy_labels_balanced_and_cues_present(toy):
     for s in samples:
         dur[s["extra"]["age"]] += [e - b for b, e in s["extra"]["times"]]
     assert max(dur["<CHILD>"]) < min(dur["<ADULT>"]) and max(dur["<ADULT>"]) < min(dur["<OLD>"])
+
+
+def _pooled(mel: torch.Tensor) -> np.ndarray:
+    """Utterance statistics a linear probe can read: band means / spreads / deltas over voiced
+    frames, and the pause rhythm (frames per pause inside the speech)."""
+    energy = mel.mean(0)
+    voiced = (energy > energy.max() - 0.5).numpy()
+    inner = voiced[np.argmax(voiced) : len(voiced) - np.argmax(voiced[::-1])]
+    runs = np.split(inner, np.flatnonzero(np.diff(inner.astype(int))) + 1)
+    pauses = [len(r) for r in runs if not r[0]] or [0]
+    mv = mel[:, torch.from_numpy(voiced)]
+    rhythm = [voiced.mean(), mel.shape[1] / 100, np.mean(pauses), np.std(pauses), max(pauses)]
+    rhythm += [min(pauses), len(pauses)]
+    delta = (mel[:, 1:] - mel[:, :-1]).abs().mean(1)
+    return np.concatenate([mv.mean(1), mv.std(1), delta, rhythm])
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny ops: one thread is several times faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
+    """Each label is readable from log-mel statistics by a linear probe trained on the train
+    shards and scored on the test list (its speakers are held out); words by nearest centroid."""
+    train = list(data.read_shard_list(toy["train"]))
+    test = list(data.read_raw_list(toy["test"]))
+    mels = {id(s): data.log_mel_spectrogram(data.decode_audio(s)) for s in train + test}
+    X = [np.stack([_pooled(mels[id(s)]) for s in ss]) for ss in (train, test)]
+    mu, sd = X[0].mean(0), X[0].std(0) + 1e-6
+    A, B = (torch.tensor((x - mu) / sd, dtype=torch.float32) for x in X)
+    for key in ("emotion", "style", "gender", "age", "event"):
+        labels = sorted({s["extra"][key] for s in train})
+        y = torch.tensor([labels.index(s["extra"][key]) for s in train])
+        probe = torch.nn.Linear(A.shape[1], len(labels))
+        opt = torch.optim.Adam(probe.parameters(), lr=0.03, weight_decay=1e-2)
+        for _ in range(200):
+            loss = torch.nn.functional.cross_entropy(probe(A), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pred = [labels[i] for i in probe(B).argmax(1).tolist()]
+        acc = np.mean([p == s["extra"][key] for p, s in zip(pred, test)])
+        assert acc >= 0.8, (key, acc)
+    # Words: the mean spectrum of each half of a word (its two syllables), nearest centroid.
+    feats = {"train": ([], []), "test": ([], [])}
+    for split, ss in (("train", train), ("test", test)):
+        for s in ss:
+            m = mels[id(s)].numpy()
+            for word, (a, b) in zip(s["extra"]["words"], s["extra"]["times"]):
+                i, j = int(a * 100), int(b * 100)
+                halves = [m[:, i : (i + j) // 2].mean(1), m[:, (i + j) // 2 : j].mean(1)]
+                feats[split][0].append(np.concatenate(halves))
+                feats[split][1].append(word)
+    (Xw, yw), (Xt, yt) = feats["train"], feats["test"]
+    Xw, Xt = np.stack(Xw), np.stack(Xt)
+    words = sorted(set(yw))
+    centroids = np.stack([Xw[[w == v for w in yw]].mean(0) for v in words])
+    pred = [words[k] for k in ((Xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
+    assert np.mean([p == w for p, w in zip(pred, yt)]) >= 0.85  # 20 words: chance 0.05
