@@ -17,7 +17,6 @@ from torch.utils.checkpoint import checkpoint
 
 PREFIXES = ("down_sample_2.", "speech_transformer.", "speech_llama_proj.")
 PE_KEY = "speech_transformer.embed.pos_enc.pe"  # (1, 5000, d) sinusoid buffer of the release
-PE_MAX_LEN = 5000  # the release's table length: 400 s at 12.5 frames/s
 
 
 @dataclass
@@ -62,6 +61,17 @@ def sinusoids_interleaved(length: int, d: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
+
+
+class LayerNorm(nn.LayerNorm):
+    """eps 1e-5 (WeNet's), computed in float32 whatever the weights' dtype, cast back."""
+
+    def __init__(self, d: int):
+        super().__init__(d, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 class Conv1dSubsampling4(nn.Module):
@@ -128,8 +138,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = WenetAttention(cfg.d_model, cfg.n_heads)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ffn, cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=1e-5)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=1e-5)
+        self.norm1 = LayerNorm(cfg.d_model)
+        self.norm2 = LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -144,7 +154,7 @@ class LinearInput(nn.Module):
         super().__init__()
         self.out = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_model),
-            nn.LayerNorm(cfg.d_model, eps=1e-5),
+            LayerNorm(cfg.d_model),
             nn.Dropout(cfg.dropout),
         )
         self.xscale = math.sqrt(cfg.d_model)
@@ -165,7 +175,7 @@ class SpeechTransformer(nn.Module):
         super().__init__()
         self.embed = LinearInput(cfg)
         self.encoders = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_blocks))
-        self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
+        self.after_norm = LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, ckpt: bool = False) -> torch.Tensor:
         x = self.embed(x)
