@@ -1149,6 +1149,8 @@ class Loader:
     are rotated so that the round-robin order goes on where it stopped (exact while no worker has
     run dry; after that the per-worker sequences are still the same). Iterating to the end of
     an epoch moves to the next one. `bad_data` sums the skipped-sample counts of all workers.
+    Ranks can get different numbers of batches (a tar is one item, batches are dynamic): a DDP
+    loop must stop every rank when the first runs dry (WeNet uses `join`).
     """
 
     def __init__(self, dataset: SpeechTextDataset, num_workers: int = 0, prefetch_factor: int = 4):
