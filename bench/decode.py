@@ -85,9 +85,9 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shape", default="100m", choices=sorted(SHAPES))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s (H100 SXM: 3.35e12)")
     ap.add_argument("--hf", action="store_true", help="also run transformers at --shape 7b")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -151,6 +151,9 @@ def bench_batch(model, hf, step, B: int, args, step_bytes: int) -> str:
             parts.append(f"compiled {best['transformers'] / best['ours+compile']:.2f}x")
         same = sum(a == b for a, b in zip(outs["ours"], outs["transformers"]))
         parts.append(f"same tokens in {same}/{B} rows")
+    if step is not None:
+        same = sum(a == b for a, b in zip(outs["ours"], outs["ours+compile"]))
+        parts.append(f"compiled == eager in {same}/{B} rows")
     if args.shape == "7b" or device.type == "cuda":
         # per decode step: (time of n new tokens - time of 1) / (n - 1), so no prefill
         name = "ours+compile" if step is not None else "ours"
