@@ -446,19 +446,18 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-        token = token.masked_fill(done, int(eos[0]))
         out[:, step] = token
         n = step + 1
-        done |= torch.isin(token, eos)
+        done |= torch.isin(token, eos)  # finished rows decode on unseen (rows are independent)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         seen.scatter_(1, token[:, None], True)
         mask[:, L + step] = True
         logits = step_fn(model, token[:, None], mask, next_pos + step, cache, slot + step)
-    result = []
+    stops, result = set(eos.tolist()), []
     for row in out[:, :n].tolist():
-        stop = [i for i, t in enumerate(row) if t in set(eos.tolist())]
-        result.append(row[: stop[0]] if stop else row)
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        result.append(row[:cut])
     return result
 
 
