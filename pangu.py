@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,14 +100,13 @@ PRESETS = {
     # openPangu-Embedded-7B-V1.1 config.json (SPEC §5): 8.03 B parameters, 6.77 B without
     # the embedding and the head.
     "pangu-7b": dict(),
-    # the toy study (contract): 4 layers of width 256 over the 1024-piece toy tokenizer, ~5 M.
+    # the toy study (contract): 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.
     "toy": dict(vocab_size=1024, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
                 intermediate_size=688, eos_id=15),
-    # unit tests: the dims of shared/reference (eos stand-in 511 = vocab - 1), ~0.1 M.
+    # unit tests: the dims of shared/reference (eos stand-in 511 = vocab - 1), 0.15 M.
     "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                  intermediate_size=160, eos_id=511),
 }  # fmt: skip
-assert set(PRESETS["pangu-7b"]) <= {f.name for f in fields(PanguConfig)}
 
 
 # ----------------------------------------------------------------------------- modules
@@ -154,8 +153,8 @@ class KVCache(nn.Module):
 
     def update(self, pos, k, v):
         """Write k, v (B, n_kv, T, hd) at cache slots pos (T,); return the whole buffers."""
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))  # (autocast may hand bf16 to fp32)
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v  # (B, n_kv, max_len, hd)
 
 
