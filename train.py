@@ -321,7 +321,7 @@ def evaluate(model, step_fn, dev_batches, n_batches: int, device: str, autocast,
     """Token-weighted mean loss over the first `n_batches` dev batches of every rank."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss * tokens, tokens)
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the training RNG alone
         for i, batch in enumerate(dev_batches):
             if i == n_batches:
                 break
@@ -392,7 +392,10 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
         t0 = time.perf_counter()
         loss_sum, tokens = 0.0, 0
         for micro in range(args.accum):
-            batch = next(batches)
+            # DataLoader draws a seed from the global RNG for every new iterator: keep such draws
+            # out of the model's stream (dropout), or a resumed run would drift from the full one
+            with torch.random.fork_rng(devices=[]):
+                batch = next(batches)
             # DDP averages gradients on the last micro-batch's backward only
             sync = world == 1 or micro == args.accum - 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
@@ -512,6 +515,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="text-only batches: samples (stage 0: blocks of --block ids)",
     )
     p.add_argument("--block", type=int, default=64, help="stage 0: ids per training block")
+    p.add_argument(
+        "--text-weight",
+        type=float,
+        default=1.0,
+        help="stage 3: copies of the stage-2 text data per epoch, beside the speech",
+    )
     p.add_argument("--eval-every", type=int, help="dev loss every N steps (0: never)")
     p.add_argument("--eval-batches", type=int, help="dev batches per evaluation and rank")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end)")
@@ -579,7 +588,8 @@ def corpus_blocks(
         ids += tokenizer.encode(line, bos=True) + [tokenizer.eos_id]
     n = len(ids) // (block + 1)
     blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
-    n_batches = n // (batch * world)
+    batch = min(batch, n // world)  # a small dev corpus gives smaller batches
+    n_batches = n // max(batch * world, 1)
     if n_batches == 0:
         raise SystemExit(f"the corpus has {n} blocks of {block + 1} ids: too few for one batch")
 
@@ -607,7 +617,7 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
     toy = data.ensure_toy_world(args.toy_dir) if args.data is None else None
     conf = dict(tokenizer_file=tokenizer_file, stage=args.stage, seed=args.seed, rank=rank,
                 world_size=world, max_frames_in_batch=args.batch_frames,
-                text_batch_size=args.batch_size)  # fmt: skip
+                text_batch_size=args.batch_size, text_weight=args.text_weight)  # fmt: skip
     train_data = data.make_loader(
         args.data or toy["train"], split="train", num_workers=args.num_workers, **conf
     )

@@ -300,3 +300,160 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert any(".lora_" in n for n in grads[0]) and any(n.startswith("encoder.") for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=1e-5, msg=n)
+
+
+# ----------------------------------------------------------------------------- the four stages
+
+
+def stage_args(root, stage, *extra):
+    toy = root / "toy"
+    if stage == 0:
+        data_args = ["--data", str(toy / "corpus.txt"), "--block", "32", "--batch-size", "8"]
+    else:
+        data_args = ["--data", str(toy / "train" / "shards_list.txt"), "--batch-size", "8",
+                     "--dev-data", str(toy / "dev" / "data.list"), "--batch-frames", "300",
+                     "--text-weight", "0.05"]  # fmt: skip
+    return ["--stage", str(stage), "--out", str(root / "runs" / f"stage{stage}"),
+            "--tokenizer", str(toy / "tokenizer.model"), "--device", "cpu", "--steps", "8",
+            "--lr", "2e-3", "--warmup", "2", "--accum", "1", "--eval-every", "8",
+            "--eval-batches", "2", "--save-every", "0", *data_args, *extra]  # fmt: skip
+
+
+def run_main(argv, snapshot=None):
+    """train.main, keeping a copy of the weights the loop starts from."""
+    real = train.train_loop
+
+    def spy(args, model, *a, **k):
+        if snapshot is not None:
+            snapshot.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real(args, model, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "train_loop", spy)
+        return train.main(argv)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    import data
+
+    root = tmp_path_factory.mktemp("stages")
+    data.ensure_toy_world(root / "toy", n_train=6, n_dev=2, n_test=1, n_shards=2)
+    runs = {}
+    for stage in range(4):  # each stage starts from the previous one's runs/stageN/final
+        before = {}
+        res = run_main(stage_args(root, stage), before)
+        runs[stage] = (before, res)
+    return root, runs
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_stage_trains_only_its_parameters_and_lowers_dev_loss(stages, stage):
+    root, runs = stages
+    before, res = runs[stage]
+    (_, start), (_, end) = res["dev"][0], res["dev"][-1]
+    assert end < start, res["dev"]
+    model = res["model"]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    intended = {n for n, _ in model.named_parameters() if train.is_trainable(stage, n)}
+    assert changed == intended, (sorted(changed ^ intended)[:5], len(changed), len(intended))
+    parts = {n.split(".")[0] + (".lora" if ".lora_" in n else "") for n in intended}
+    assert (
+        parts
+        == {
+            0: {"model", "lm_head"},
+            1: {"encoder", "adapter", "speech_token_emded"},
+            2: {"llm.lora"},
+            3: {"encoder", "adapter", "speech_token_emded", "llm.lora"},
+        }[stage]
+    )
+    # the stage's result is what the next stage loads (stage 0: a Pangu folder)
+    final = root / "runs" / f"stage{stage}" / "final"
+    if stage == 0:
+        from pangu import load_pangu
+
+        loaded = load_pangu(final)
+        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
+    else:
+        from model import IOSUMPangu
+
+        loaded = IOSUMPangu.from_pretrained(final)
+        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_next_stage_starts_from_previous_final(stages):
+    _, runs = stages
+    for stage in (1, 2, 3):
+        before, _ = runs[stage]
+        prev = runs[stage - 1][1]["model"].state_dict()
+        prefix = "" if stage > 1 else "llm."
+        for n, v in prev.items():
+            assert torch.equal(before[prefix + n], v), (stage, n)
+
+
+# ----------------------------------------------------------------------------- resume, DDP
+
+
+def test_resume_continues_exactly_on_the_real_model(stages):
+    # stage 3: encoder + adapter + LoRA, dropout, SpecAugment, mixed speech and text batches
+    root, _ = stages
+    init = ["--stage", "3", "--init", str(root / "runs" / "stage2" / "final")]
+
+    def run(out, steps, *extra):
+        argv = stage_args(root, 3, "--out", str(root / out), "--steps", str(steps),
+                          "--eval-every", "0", *init, *extra)  # fmt: skip
+        return train.main(argv)
+
+    full = run("full", 6)
+    run("halves", 3)
+    resumed = run("halves", 6, "--resume")
+    assert [r["step"] for r in resumed["history"]] == [4, 5, 6]
+    torch.testing.assert_close([r["loss"] for r in resumed["history"]],
+                               [r["loss"] for r in full["history"][3:]], rtol=1e-5, atol=0)  # fmt: skip
+    a = load_file(root / "full" / "step_0000006" / "model.safetensors")
+    b = load_file(root / "halves" / "step_0000006" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _ddp_worker(rank, world, port, argv, out):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    seen = []
+    real = train.speech_step
+
+    def spy(model, batch):
+        seen.extend(batch["keys"])
+        return real(model, batch)
+
+    train.speech_step = spy
+    res = train.main(argv)
+    torch.save({"params": {n: p.detach() for n, p in res["model"].named_parameters()},
+                "seen": seen, "losses": [r["loss"] for r in res["history"]]},
+               out / f"rank{rank}.pt")  # fmt: skip
+
+
+def test_ddp_gloo_two_processes_keep_replicas_identical(stages, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    root, runs = stages
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = stage_args(root, 3, "--out", str(tmp_path / "ddp"), "--steps", "3", "--eval-every",
+                      "0", "--init", str(root / "runs" / "stage2" / "final"))  # fmt: skip
+    mp.spawn(_ddp_worker, args=(2, port, argv, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["losses"] == r1["losses"]  # the all-reduced mean, logged the same on both
+    assert not set(r0["seen"]) & set(r1["seen"]), "ranks must see disjoint data"
+    start = runs[2][1]["model"].state_dict()
+    changed = 0
+    for n, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][n]), n
+        changed += not torch.equal(p, start[n])
+    assert changed > 0
+    assert (tmp_path / "ddp" / "step_0000003").is_dir()  # rank 0 saved
