@@ -8,6 +8,8 @@ cache, no eos, max_new_tokens; tokens/s counts new tokens over the whole call (p
 included). With --shape 7b the weights are random and no transformers model is built
 unless --hf is given; it also prints the fraction of the memory-bandwidth bound: one
 decode step must read every weight once, so the bound is bandwidth / weight bytes steps/s.
+On a CPU shared with other jobs use --threads 1: two OpenMP threads that get descheduled
+made every GEMM up to 5x slower here, for both sides alike.
 """
 
 import argparse
