@@ -454,7 +454,16 @@ class IOSUMPangu(nn.Module):
                 cfg = dataclasses.replace(cfg, llm=llm_cfg)
             except ValueError as e:
                 raise ValueError(f"{Path(llm_dir) / 'config.json'}: {e}") from None
-        sd = read_state_dict(path)
+        if path.suffix == ".safetensors":
+            # The aliases are separate copies here. Compare them through a mapping of their
+            # own, which goes away afterwards: read through the main mapping, their pages
+            # would stay resident (2 x 1.26 GB for the 7B) for as long as the model lives.
+            sd = read_safetensors(path, skip=tuple(RELEASED_ALIASES))
+            check_release_layout(sd, str(path))
+            for pair in RELEASED_ALIASES.items():  # one pair at a time
+                check_aliases(read_safetensors(path, pair), str(path))
+        else:
+            sd = read_state_dict(path)  # a .pt shares one storage per alias: nothing to read
         if isinstance(sd.get("module"), dict):  # DeepSpeed's mp_rank_00_model_states.pt
             sd = sd["module"]
         ours = released_state_dict(sd, str(path))
@@ -657,23 +666,35 @@ RELEASED_ALIASES = {  # LLMASR_Model also registers the LLM's embedding and head
 }
 
 
-def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
-    """The released checkpoint's keys -> our module names (encoder., adapter., llm.,
-    speech_token_emded.). Every key is consumed or dropped on purpose; anything else raises."""
+def check_release_layout(sd: dict, source: str) -> None:
     if not any(k.startswith(("down_sample_2.", "speech_llama_proj.")) for k in sd):
         raise ValueError(
             f"{source} is not a released I-OSUM-Pangu checkpoint (no down_sample_2.* / "
             f"speech_llama_proj.* keys; it starts with {_few(sorted(sd), 4)}). An openPangu "
             "checkpoint goes in llm_dir=; a Whisper one in whisper_enc.load_whisper"
         )
+
+
+def check_aliases(sd: dict, source: str) -> None:
+    """The top-level aliases, when present, must be the LLM's tensors (the .pt shares one
+    storage; the .safetensors holds two equal copies)."""
     for alias, key in RELEASED_ALIASES.items():
-        if alias in sd:
-            if key not in sd:
-                raise KeyError(f"{source}: {alias} is present but {key} is not")
-            a, b = sd[alias], sd[key]
-            same = a.data_ptr() == b.data_ptr() or (a.shape == b.shape and torch.equal(a, b))
-            if not same:  # the .pt shares one storage; the .safetensors holds two equal copies
-                raise ValueError(f"{source}: {alias} differs from {key} (they must be one tensor)")
+        if alias not in sd:
+            continue
+        if key not in sd:
+            raise KeyError(f"{source}: {alias} is present but {key} is not")
+        a, b = sd[alias], sd[key]
+        if a.shape != b.shape:
+            raise ValueError(f"{source}: {alias} {tuple(a.shape)} vs {key} {tuple(b.shape)}")
+        if a.data_ptr() != b.data_ptr() and not torch.equal(a, b):
+            raise ValueError(f"{source}: {alias} differs from {key} (they must be one tensor)")
+
+
+def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
+    """The released checkpoint's keys -> our module names (encoder., adapter., llm.,
+    speech_token_emded.). Every key is consumed or dropped on purpose; anything else raises."""
+    check_release_layout(sd, source)
+    check_aliases(sd, source)
     parts: dict[str, dict] = {p: {} for p in RELEASED_PARTS}
     unknown = []
     for k, v in sd.items():
@@ -705,15 +726,19 @@ def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
 # ----------------------------------------------------------------------------- reading files
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file, memory-mapped copy-on-write (safetensors' own
-    mapping): nothing is read until used, a page read counts once in the resident set, and
-    a page written becomes private memory. Assigned to a meta-built model, the weights are
-    never copied (bench/memory.py: peak 1.02x the tensor bytes over the interpreter)."""
+def read_safetensors(
+    path: str | Path, keys: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file (all, or those in `keys`, less `skip`), memory-mapped
+    copy-on-write by safetensors: nothing is read until used, a page read counts once in the
+    resident set (until every tensor of that mapping is gone), a page written becomes private
+    memory. Assigned to a meta-built model, the weights are never copied (bench/memory.py:
+    peak 1.02x the tensor bytes over the interpreter)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        names = [k for k in f.keys() if (keys is None or k in keys) and k not in skip]
+        return {k: f.get_tensor(k) for k in names}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

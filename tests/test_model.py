@@ -629,3 +629,31 @@ def test_real_release_writes_the_task_tag(samples_dir):
         audio=[load_audio(wav)], instruction=["请转录这段音频。"], max_new_tokens=40
     )
     assert texts[0].startswith("<asr>"), texts
+
+
+def test_safetensors_aliases_do_not_stay_resident(reference_dir, tmp_path):
+    """The release's .safetensors holds the embedding and head twice (aliases). Checking
+    them must not leave their pages resident beside the model: load in a fresh process and
+    measure the file-backed resident memory."""
+    import subprocess
+    import sys
+
+    sd = load_file(reference_dir / "checkpoint.safetensors")
+    V, peft = 400_000, "llama_model.base_model.model."
+    embed, head = torch.randn(V, 64), torch.randn(V, 64)  # 102 MB each
+    sd |= {peft + "model.embed_tokens.weight": embed, "embed_tokens.weight": embed.clone(),
+           peft + "lm_head.weight": head, "lm_head.weight": head.clone()}  # fmt: skip
+    save_file(sd, tmp_path / "big.safetensors")
+    cfg = json.loads((reference_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, vocab_size=V)))
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from model import IOSUMPangu\n"
+        "rss = lambda: int([l for l in open('/proc/self/status') if l.startswith('RssFile')][0].split()[1])\n"
+        "before = rss(); IOSUMPangu.from_pretrained(sys.argv[2], sys.argv[3], 'reference-tiny')\n"
+        "print((rss() - before) // 1024)"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "big.safetensors"), str(tmp_path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    grown_mb = int(out.stdout.strip().splitlines()[-1])
+    assert grown_mb < 100, f"{grown_mb} MB of the file stayed resident (the aliases are 205 MB)"
