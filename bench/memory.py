@@ -18,6 +18,7 @@
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pangu  # noqa: E402
+import whisper_enc  # noqa: E402
 from model import IOSUMConfig, IOSUMPangu  # noqa: E402
 from whisper_enc import SAMPLE_RATE, log_mel_spectrogram  # noqa: E402
 
@@ -104,9 +106,47 @@ def prepare(tmp: Path, layers: int) -> dict:
         weight_map.update({k: shard for k in part})
     (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (hf / "config.json").write_text(json.dumps(cfg.llm.to_json()))
-    print(f"wrote {n_ours / 1e9:.2f} GB (whole model) + {n_hf / 1e9:.2f} GB (LLM) of random "
-          f"bf16 in {time.time() - t:.0f} s")  # fmt: skip
-    return dict(ours=ours, hf=hf)
+    # the whole model in the released layout (step_N.pt's keys as .safetensors), aliases and
+    # the unused ln_speech / speech_head included
+    released = tmp / "released.safetensors"
+    n_rel = write_random_safetensors(released, released_shapes(model))
+    sizes = f"{n_ours / 1e9:.2f} GB (ours) + {n_rel / 1e9:.2f} GB (released) + {n_hf / 1e9:.2f} GB"
+    print(f"wrote {sizes} (LLM) of random bf16 in {time.time() - t:.0f} s")
+    return dict(ours=ours, hf=hf, released=released)
+
+
+def released_shapes(model: IOSUMPangu) -> dict:
+    """Our key names -> the release's (the inverse of model.released_state_dict)."""
+    enc = [(re.compile(ours.replace(".", r"\.").replace("{}", r"(\d+)") + r"\.(\w+)"), rel)
+           for rel, ours in whisper_enc._WENET.items() if ours]  # fmt: skip
+    out = {}
+    for key, v in model.state_dict().items():
+        part, rest = key.split(".", 1)
+        if part == "encoder":
+            for pat, rel in enc:
+                if m := pat.fullmatch(rest):
+                    rel = rel.replace("{}", m.group(1)) if "{}" in rel else rel
+                    name = f"encoder.{rel}.{m.group(m.lastindex)}"
+                    break
+            else:
+                raise KeyError(key)
+        elif part == "adapter":
+            name = rest
+        elif part == "llm":
+            rest = rest.replace(".lora_A.", ".lora_A.default.").replace(
+                ".lora_B.", ".lora_B.default."
+            )
+            name = "llama_model.base_model.model." + rest
+        else:
+            name = key
+        out[name] = tuple(v.shape)
+    d, d_enc = model.cfg.llm.dim, model.cfg.whisper.d_model
+    out["embed_tokens.weight"] = out["llama_model.base_model.model.model.embed_tokens.weight"]
+    out["lm_head.weight"] = out["llama_model.base_model.model.lm_head.weight"]
+    out |= {"ln_speech.weight": (d_enc,), "ln_speech.bias": (d_enc,),
+            "speech_head.weight": (model.cfg.speech_token_num, d),
+            "speech_head.bias": (model.cfg.speech_token_num,)}  # fmt: skip
+    return out
 
 
 def child(kind: str, path: str) -> None:
@@ -115,6 +155,8 @@ def child(kind: str, path: str) -> None:
     t = time.time()
     if kind == "ours":
         model = IOSUMPangu.from_pretrained(path)
+    elif kind == "released":  # dims: the preset + the LLM dir's config.json, as a user loads
+        model = IOSUMPangu.from_pretrained(path, llm_dir=Path(path).parent / "hf")
     elif kind == "load_pangu":
         model = pangu.load_pangu(path)
     else:
@@ -145,7 +187,8 @@ def bench_load(layers: int) -> None:
         paths = prepare(Path(tmp), layers)
         print(f"{'loader':<44} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
               f"{'(peak-base)/bytes':>17} {'load s':>6}")  # fmt: skip
-        for kind, path in [("ours", paths["ours"]), ("load_pangu", paths["hf"])]:
+        for kind in ("ours", "released", "load_pangu"):
+            path = paths["hf" if kind == "load_pangu" else kind]
             r = run_child(kind, path)
             b, peak, base = r["tensor_bytes"], r["peak_kb"] * 1024, r["base_kb"] * 1024
             print(f"{LOADERS[kind]:<44} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
@@ -155,6 +198,7 @@ def bench_load(layers: int) -> None:
 
 LOADERS = {
     "ours": "IOSUMPangu.from_pretrained (our format)",
+    "released": "IOSUMPangu.from_pretrained (released .safetensors)",
     "load_pangu": "pangu.load_pangu (HF shards, safe_open)",
 }
 
