@@ -185,13 +185,13 @@ def run_child(kind: str, path: Path) -> dict:
 def bench_load(layers: int) -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         paths = prepare(Path(tmp), layers)
-        print(f"{'loader':<44} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
+        print(f"{'loader':<50} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
               f"{'(peak-base)/bytes':>17} {'load s':>6}")  # fmt: skip
         for kind in ("ours", "released", "load_pangu"):
             path = paths["hf" if kind == "load_pangu" else kind]
             r = run_child(kind, path)
             b, peak, base = r["tensor_bytes"], r["peak_kb"] * 1024, r["base_kb"] * 1024
-            print(f"{LOADERS[kind]:<44} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
+            print(f"{LOADERS[kind]:<50} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
                   f"{(peak - base) / b:>17.3f} {r['seconds']:>6.1f}")  # fmt: skip
         print("peak: VmHWM after loading and reading every tensor once; base: VmRSS after imports")
 
