@@ -78,53 +78,58 @@ def stage3_model(preset: str, device: str, bf16: bool, meta: bool = False) -> IO
 
 
 def one_config(args) -> dict:
-    """Child process: `--steps` stage-3 steps, returns times and memory."""
+    """Child process. --measure memory: peak activation memory of a step with --ckpt as given
+    (its own process, one config). --measure time: steps alternating off / on, so that a
+    change in the machine's load hits both alike; median step times."""
     device = train.pick_device(args.device)
     bf16 = train.use_bf16(device, "auto")
     torch.manual_seed(0)
     model = stage3_model(args.preset, device, bf16, meta=args.shape == "7b")
-    train.set_grad_ckpt(model, args.ckpt)
     batch = fake_batch(model.cfg, args.batch, args.frames, 20, args.target, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
     kind = device.split(":")[0]
     autocast = torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16)
-    times, tokens = [], 0
-    for i in range(args.steps + 1):  # step 0 allocates grads and optimizer state
-        if i == 1:
-            if kind == "cpu":
-                reset_peak()
-                base = proc_kib("VmRSS")
-            else:
-                getattr(torch, kind).reset_peak_memory_stats()
-                base = getattr(torch, kind).memory_allocated() // 1024
+
+    def step(ckpt: bool) -> float:
+        train.set_grad_ckpt(model, ckpt)
         train.synchronize(device)
         t0 = time.perf_counter()
         with autocast:
-            out = model(batch)
-        out["loss"].backward()
+            loss = model(batch)["loss"]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
-        opt.zero_grad(set_to_none=False)  # keep grads allocated: memory = activations
-        del out
+        opt.zero_grad(set_to_none=False)  # keep grads allocated: what remains is activations
+        del loss
         train.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-            tokens += int((batch["target"] >= 0).sum())
+        return time.perf_counter() - t0
+
+    step(args.ckpt)  # allocates grads and optimizer state, warms up
+    tokens = int((batch["target"] >= 0).sum())
+    if args.measure == "time":
+        times = {False: [], True: []}
+        for _ in range(args.steps):
+            for ckpt in (False, True):
+                times[ckpt].append(step(ckpt))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        return dict(off_s=med[False], on_s=med[True], tok_s_off=tokens / med[False],
+                    tok_s_on=tokens / med[True])  # fmt: skip
+    if kind == "cpu":
+        reset_peak()
+        base = proc_kib("VmRSS")
+    else:
+        getattr(torch, kind).reset_peak_memory_stats()
+        base = getattr(torch, kind).memory_allocated() // 1024
+    step(args.ckpt)
     if kind == "cpu":
         peak = proc_kib("VmHWM")
     else:
         peak = getattr(torch, kind).max_memory_allocated() // 1024
-    return dict(
-        ckpt=args.ckpt,
-        step_s=statistics.median(times),
-        act_peak_mib=(peak - base) / 1024,
-        peak_mib=peak / 1024,
-        tok_s=tokens / sum(times),
-    )
+    return dict(act_peak_mib=(peak - base) / 1024, peak_mib=peak / 1024)
 
 
-def child(args, ckpt: bool) -> dict:
+def child(args, measure: str, ckpt: bool = False) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -143,9 +148,13 @@ def child(args, ckpt: bool) -> dict:
         str(args.target),
         "--steps",
         str(args.steps),
-    ] + (["--ckpt"] if ckpt else [])
-    # every block above 64 KiB is mmapped and unmapped on free, so RSS follows live memory
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        "--measure",
+        measure,
+    ]
+    cmd += ["--ckpt"] if ckpt else []
+    env = dict(os.environ)
+    if measure == "memory":  # blocks above 64 KiB are mmapped and unmapped on free: RSS follows
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # live memory (it slows the step: not timed)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(res.stderr[-3000:])
@@ -153,31 +162,17 @@ def child(args, ckpt: bool) -> dict:
 
 
 def toy_stage_tokens(steps: int) -> None:
-    """Target tokens/s of the real loop (toy world, data loading included) per stage."""
+    """Tokens/s of the real loop on the toy world (data loading included), stages 0-3, each
+    starting from the previous one; the toy world is made in toy_data/ if missing."""
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in (1, 2, 3):
-            res = train.main(
-                [
-                    "--stage",
-                    str(stage),
-                    "--out",
-                    f"{tmp}/stage{stage}",
-                    "--steps",
-                    str(steps),
-                    "--eval-every",
-                    "0",
-                    "--device",
-                    "cpu",
-                ]
-                + ([] if stage == 1 else ["--init", f"{tmp}/stage{stage - 1}/final"])
-            )
+        for stage in range(4):
+            res = train.main(["--stage", str(stage), "--out", f"{tmp}/stage{stage}", "--steps",
+                              str(steps), "--eval-every", "0", "--device", "cpu"])  # fmt: skip
             h = res["history"][1:]  # the first step warms up
             tok_s = sum(r["tokens"] for r in h) / sum(r["step_time"] for r in h)
             step = statistics.median(r["step_time"] for r in h)
-            print(
-                f"toy stage {stage}: {tok_s:.0f} target tokens/s, {step * 1e3:.0f} ms/step "
-                f"(accumulation {res.get('accum', 4)})"
-            )
+            what = "LM tokens" if stage == 0 else "target tokens"
+            print(f"toy stage {stage}: {tok_s:7.0f} {what}/s, median step {step * 1e3:.0f} ms")
 
 
 def main():
@@ -187,9 +182,10 @@ def main():
     p.add_argument("--batch", type=int, default=None, help="utterances per step")
     p.add_argument("--frames", type=int, default=None, help="mel frames per utterance")
     p.add_argument("--target", type=int, default=60, help="target tokens per utterance")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     p.add_argument("--toy-steps", type=int, default=12, help="steps per toy stage (0: skip)")
-    p.add_argument("--ckpt", action="store_true")
+    p.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--measure", default="time", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -205,18 +201,20 @@ def main():
         f"stage-3 step, preset {args.preset}, {args.batch} x {args.frames} frames, "
         f"{args.target} target tokens each, device {args.device}, torch {torch.__version__}"
     )
-    off, on = child(args, False), child(args, True)
-    for r in (off, on):
-        print(
-            f"  grad-ckpt {'on ' if r['ckpt'] else 'off'}: {r['step_s'] * 1e3:7.0f} ms/step, "
-            f"activation peak {r['act_peak_mib']:7.0f} MiB, peak {r['peak_mib']:7.0f} MiB, "
-            f"{r['tok_s']:.0f} target tokens/s"
-        )
-    mem = 1 - on["act_peak_mib"] / off["act_peak_mib"]
-    slow = on["step_s"] / off["step_s"] - 1
+    off, on, t = child(args, "memory", False), child(args, "memory", True), child(args, "time")
     print(
-        f"  checkpointing: activation memory -{mem:.0%}, step time +{slow:.0%} "
-        f"(goal: >= 40 % less memory for <= 40 % more time)"
+        f"  grad-ckpt off: {t['off_s'] * 1e3:7.0f} ms/step ({t['tok_s_off']:.0f} target tokens/s), "
+        f"activation peak {off['act_peak_mib']:6.0f} MiB (process peak {off['peak_mib']:.0f} MiB)"
+    )
+    print(
+        f"  grad-ckpt on : {t['on_s'] * 1e3:7.0f} ms/step ({t['tok_s_on']:.0f} target tokens/s), "
+        f"activation peak {on['act_peak_mib']:6.0f} MiB (process peak {on['peak_mib']:.0f} MiB)"
+    )
+    mem = 1 - on["act_peak_mib"] / off["act_peak_mib"]
+    slow = t["on_s"] / t["off_s"] - 1
+    print(
+        f"  checkpointing: activation memory -{mem:.0%}, step time {slow:+.0%} "
+        "(goal: >= 40 % less memory for <= 40 % more time)"
     )
     if not seven and args.toy_steps:
         toy_stage_tokens(args.toy_steps)

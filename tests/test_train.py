@@ -2,6 +2,7 @@
 resume, Gloo DDP, gradient checkpointing, and one short toy run per stage."""
 
 import json
+import math
 import os
 import sys
 import types
@@ -461,3 +462,14 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(stages, tmp_path):
         changed += not torch.equal(p, start[n])
     assert changed > 0
     assert (tmp_path / "ddp" / "step_0000003").is_dir()  # rank 0 saved
+
+
+def test_bf16_autocast_path_runs_on_cpu(stages, tmp_path):
+    # what CUDA / Ascend get by default: bf16 autocast, frozen weights bf16, trained float32
+    root, _ = stages
+    argv = stage_args(root, 2, "--out", str(tmp_path), "--steps", "2", "--eval-every", "0",
+                      "--precision", "bf16", "--init", str(root / "runs" / "stage1" / "final"))  # fmt: skip
+    res = train.main(argv)
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in res["history"])
+    for n, p in res["model"].named_parameters():
+        assert p.dtype == (torch.float32 if ".lora_" in n else torch.bfloat16), n
