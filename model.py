@@ -5,6 +5,7 @@ The whole speech LLM of "I-OSUM-Pangu" (arXiv 2603.10862), as the release's
 training loss, batched generation, and loading of the released checkpoint (`step_N.pt`,
 a plain state dict) or of our own format (`model.safetensors` + `config.json`).
 Convert the release to ours: `python model.py convert CHECKPOINT OUT_DIR [--llm-dir D]`.
+generate() defaults to the release's own generate() prompt (layout="release", SPEC 7).
 """
 
 import argparse
