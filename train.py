@@ -614,7 +614,7 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
         args.data or toy["train"], split="train", num_workers=args.num_workers, **conf
     )
     dev_list = args.dev_data or (toy["dev"] if toy else None)
-    if dev_list is None and args.eval_every:
+    if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
         args.eval_every = 0
     return train_data, lambda: data.make_loader(dev_list, split="dev", **conf)
