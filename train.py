@@ -617,7 +617,10 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
     if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
         args.eval_every = 0
-    return train_data, lambda: data.make_loader(dev_list, split="dev", **conf)
+    # stage 3's dev loss is on speech only: the loader sorts text-only batches first, so a few
+    # dev batches of the mix would all be stage 2's intents (tracked by stage 2's own dev loss)
+    dev_conf = {**conf, "text_weight": 0.0} if args.stage == 3 else conf
+    return train_data, lambda: data.make_loader(dev_list, split="dev", **dev_conf)
 
 
 def set_grad_ckpt(model: torch.nn.Module, on: bool) -> None:
