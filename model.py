@@ -169,7 +169,9 @@ PARTS = {"whisper": WhisperConfig, "adapter": AdapterConfig, "llm": PanguConfig}
 
 
 class IOSUMPangu(nn.Module):
-    def __init__(self, cfg: IOSUMConfig):
+    def __init__(self, cfg: IOSUMConfig, llm: Pangu | None = None):
+        """llm: an already loaded Pangu of config cfg.llm (train.py's stage 1), so that a 7 B
+        decoder is never initialised at random only to be overwritten."""
         super().__init__()
         self.cfg = cfg
         self.encoder = WhisperEncoder(cfg.whisper)
@@ -177,7 +179,9 @@ class IOSUMPangu(nn.Module):
         # The release's speech-token table (rows < 4097 feed its unused speech_head path); rows
         # speech_token_num and speech_token_num + 1 are the bos / eos around every speech span.
         self.speech_token_emded = nn.Embedding(cfg.speech_token_num + 2, cfg.llm.dim)
-        self.llm = Pangu(cfg.llm)
+        if llm is not None and llm.cfg != cfg.llm:
+            raise ValueError(f"the given LLM's config {llm.cfg} is not cfg.llm {cfg.llm}")
+        self.llm = Pangu(cfg.llm) if llm is None else llm
         if cfg.lora_r > 0:
             apply_lora(self.llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         self.tokenizer: PanguTokenizer | None = None
