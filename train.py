@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import data
 from model import IOSUMConfig, IOSUMPangu
-from pangu import Pangu, PanguConfig, PanguTokenizer, apply_lora, load_pangu
+from pangu import Pangu, PanguConfig, PanguTokenizer, load_pangu
 from whisper_enc import load_whisper
 
 # The release's optimisation settings (SPEC §9), for every preset but the toy one. The frame
@@ -634,15 +634,10 @@ def set_grad_ckpt(model: torch.nn.Module, on: bool) -> None:
 
 def build_stage1_model(cfg: IOSUMConfig, whisper: str | None, llm: str) -> IOSUMPangu:
     """Stage 1 starts from a Whisper encoder (or a fresh one, in the toy study), a fresh
-    adapter, and a pretrained LLM that it loads, never initialising a 7 B model at random."""
+    adapter, and a pretrained LLM that it loads, never initialising a 7 B model at random.
+    LoRA is on from the start (frozen until stage 2), as the release builds the model."""
     base = load_pangu(llm)
-    cfg = dataclasses.replace(cfg, llm=base.cfg)
-    # the model's own init for everything but the LLM: built around a 0-layer, 1-token stand-in
-    stand_in = dataclasses.replace(base.cfg, vocab_size=1, n_layers=0)
-    model = IOSUMPangu(dataclasses.replace(cfg, llm=stand_in, lora_r=0))
-    if cfg.lora_r > 0:  # LoRA from the start (frozen until stage 2), as the release builds it
-        apply_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    model.llm, model.cfg = base, cfg
+    model = IOSUMPangu(dataclasses.replace(cfg, llm=base.cfg), llm=base)
     if whisper:
         enc = load_whisper(whisper, cfg.whisper)
         model.encoder.load_state_dict(enc.state_dict(), strict=True)
