@@ -370,11 +370,12 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
     batches = forever(train_data)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+    write = bar.write if rank == 0 else lambda line: None  # tqdm.write ignores `disable`
     history, dev_history = [], []
     if args.eval_every and step == 0:  # where the run starts from
         dev_history.append((0, evaluate(model, step_fn, make_dev(), args.eval_batches, device,
                                         autocast, world)))  # fmt: skip
-        bar.write(f"step 0: dev loss {dev_history[-1][1]:.4f}")
+        write(f"step 0: dev loss {dev_history[-1][1]:.4f}")
     model.train()
     while step < args.steps:
         step += 1
@@ -405,7 +406,7 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
         if stats[2] > 0:
             bad += 1
             opt.zero_grad(set_to_none=True)
-            bar.write(f"step {step}: non-finite loss or gradient, step skipped ({bad} so far)")
+            write(f"step {step}: non-finite loss or gradient, step skipped ({bad} so far)")
             if bad > args.max_bad_steps:
                 raise NonFiniteError(
                     f"{bad} steps had a non-finite loss or gradient (last at step {step}, "
@@ -425,7 +426,7 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
                 model, step_fn, make_dev(), args.eval_batches, device, autocast, world
             )
             dev_history.append((step, rec["dev_loss"]))
-            bar.write(f"step {step}: dev loss {rec['dev_loss']:.4f}")
+            write(f"step {step}: dev loss {rec['dev_loss']:.4f}")
         if log:
             log.write(json.dumps(rec) + "\n")
             log.flush()
