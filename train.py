@@ -456,7 +456,9 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog=f"Optimisation defaults: the release's {RELEASE}; for the toy preset "
+        f"{TOY_COMMON} with per stage {TOY}.",
     )
     p.add_argument(
         "--stage",
