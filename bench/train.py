@@ -12,6 +12,12 @@
 
     python bench/train.py                       # 1 and 2 on the CPU
     python bench/train.py --device cuda --shape 7b
+
+Measured (2-core x86-64 CPU, 24 GB, torch 2.13 CPU; `--steps 5`; 8 utterances x 3000 frames):
+grad-ckpt off 2904 ms/step, activation peak 911 MiB; on 4067 ms/step, 260 MiB: memory -71 %,
+time +40 % (+39 to +41 % over three runs). Toy stages (tokens/s, median step): stage 0 4679
+LM tokens/s, 217 ms; stage 1 193 target tokens/s, 425 ms; stage 2 83, 462 ms; stage 3 107,
+467 ms (toy targets are a few tokens long: most of the work is the ~100-token prompt).
 """
 
 import argparse
