@@ -481,7 +481,7 @@ class IOSUMPangu(nn.Module):
             wrapped = {
                 k.replace(".base_layer.", ".") for k in model.state_dict() if ".base_layer." in k
             }
-            for k, v in pangu_state_dict(pangu._read_weights(Path(llm_dir))).items():
+            for k, v in pangu_state_dict(pangu.read_weights(Path(llm_dir))).items():
                 name = "llm." + k  # a LoRA-wrapped Linear keeps its weights under base_layer
                 if name in wrapped:
                     name = "{}.base_layer.{}".format(*name.rsplit(".", 1))
@@ -623,36 +623,12 @@ def _merged(model: IOSUMPangu, sd: dict) -> dict:
 
 
 def load_checked(model: nn.Module, sd: dict, source: str, dtype: torch.dtype) -> None:
-    """Strict load onto a meta-built model: names and shapes checked first (naming the keys),
-    floating tensors cast to dtype one by one, then assigned (no second copy)."""
-    want = model.state_dict()
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    shapes = [
-        f"{k}: {tuple(sd[k].shape)} in the checkpoint, the model wants {tuple(want[k].shape)}"
-        for k in want
-        if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_few(unexpected)}")
-    if shapes:
-        problems.append("mis-shaped keys: " + "; ".join(shapes[:6]))
-    if problems:
-        raise ValueError(f"{source} does not fit the model: " + " | ".join(problems))
-    for k in sd:
-        if sd[k].is_floating_point() and sd[k].dtype != dtype:
-            sd[k] = sd[k].to(dtype)
-    model.load_state_dict(sd, strict=True, assign=True)
+    """Strict load onto a meta-built model (pangu.load_strict: names and shapes checked,
+    floating tensors cast one by one, assigned), then no buffer may be left on meta."""
+    pangu.load_strict(model, sd, source, dtype)
     for name, b in model.named_buffers():
         if b.is_meta:
             raise RuntimeError(f"buffer {name} was left on the meta device")
-
-
-def _few(keys: list[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
 # ----------------------------------------------------------------------------- the released layout
@@ -675,8 +651,8 @@ def check_release_layout(sd: dict, source: str) -> None:
     if not any(k.startswith(("down_sample_2.", "speech_llama_proj.")) for k in sd):
         raise ValueError(
             f"{source} is not a released I-OSUM-Pangu checkpoint (no down_sample_2.* / "
-            f"speech_llama_proj.* keys; it starts with {_few(sorted(sd), 4)}). An openPangu "
-            "checkpoint goes in llm_dir=; a Whisper one in whisper_enc.load_whisper"
+            f"speech_llama_proj.* keys; it starts with {pangu.some_keys(sorted(sd), 4)}). "
+            "An openPangu checkpoint goes in llm_dir=; a Whisper one in whisper_enc.load_whisper"
         )
 
 
@@ -711,7 +687,7 @@ def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
         else:
             parts[part][k] = v
     if unknown:
-        raise ValueError(f"{source}: unexpected keys {_few(unknown)}")
+        raise ValueError(f"{source}: unexpected keys {pangu.some_keys(unknown)}")
     out = {}
     if parts["encoder."]:  # checks encoder.embed.pos_enc.pe against the formula, drops it
         out.update({"encoder." + k: v for k, v in whisper_state_dict(parts["encoder."]).items()})

@@ -500,26 +500,39 @@ def pangu_state_dict(sd: dict) -> dict:
     return out
 
 
-def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint"):
-    """load_state_dict(assign=True) after checking names and shapes, naming any mismatch."""
+def some_keys(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", dtype=None) -> None:
+    """load_state_dict(assign=True) onto a meta-built model after checking names and shapes,
+    naming every mismatch; floating tensors are cast to dtype one by one when it is given.
+    model.py loads the whole I-OSUM-Pangu through this too."""
     want = model.state_dict()
     missing = sorted(set(want) - set(sd))
     unexpected = sorted(set(sd) - set(want))
-    shapes = [f"{k}: {tuple(sd[k].shape)} in {source}, model wants {tuple(want[k].shape)}"
-              for k in want if k in sd and sd[k].shape != want[k].shape]  # fmt: skip
+    shapes = [
+        f"{k}: {tuple(sd[k].shape)} in the checkpoint, the model wants {tuple(want[k].shape)}"
+        for k in want
+        if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)
+    ]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        problems.append(f"missing keys {some_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(f"unexpected keys {some_keys(unexpected)}")
     if shapes:
-        problems.append("wrong shapes: " + "; ".join(shapes[:8]))
+        problems.append("mis-shaped keys: " + "; ".join(shapes[:6]))
     if problems:
-        raise KeyError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
+    if dtype is not None:
+        for k in sd:
+            if sd[k].is_floating_point() and sd[k].dtype != dtype:
+                sd[k] = sd[k].to(dtype)
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def _read_weights(path: Path) -> dict:
+def read_weights(path: Path) -> dict:
     """All tensors of a checkpoint dir (index + shards, or one file) or file, memory-mapped."""
     from safetensors import safe_open
 
@@ -568,7 +581,7 @@ def load_pangu(path_or_dir: str | Path | dict, cfg: PanguConfig | None = None,
         source, sd = "state dict", path_or_dir
     else:
         path = Path(path_or_dir)
-        source, sd = str(path), _read_weights(path)
+        source, sd = str(path), read_weights(path)
         if cfg is None and path.is_dir() and (path / "config.json").exists():
             cfg = PanguConfig.from_json(path / "config.json")
     if cfg is None:
