@@ -642,8 +642,7 @@ def build_stage1_model(cfg: IOSUMConfig, whisper: str | None, llm: str) -> IOSUM
     base = load_pangu(llm)
     model = IOSUMPangu(dataclasses.replace(cfg, llm=base.cfg), llm=base)
     if whisper:
-        enc = load_whisper(whisper, cfg.whisper)
-        model.encoder.load_state_dict(enc.state_dict(), strict=True)
+        model.encoder = load_whisper(whisper, cfg.whisper)  # strict; replaces the random init
     return model
 
 
