@@ -5,7 +5,9 @@
 
 Both sides get the same prompt embeddings (different lengths, pads inside), greedy, KV
 cache, no eos, max_new_tokens; tokens/s counts new tokens over the whole call (prefill
-included). With --shape 7b the weights are random and no transformers model is built
+included). On the CPU "ours" is timed twice: with plain nn.Linear (F.linear, the kernels
+transformers calls too) and after `pack_for_cpu` (oneDNN with weights packed once), the way
+to decode on a CPU. With --shape 7b the weights are random and no transformers model is built
 unless --hf is given; it also prints the fraction of the memory-bandwidth bound: one
 decode step must read every weight once, so the bound is bandwidth / weight bytes steps/s.
 On a CPU shared with other jobs use --threads 1: two OpenMP threads that get descheduled
@@ -13,6 +15,7 @@ made every GEMM up to 5x slower here, for both sides alike.
 """
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pangu import Pangu, PanguConfig, decode_step, generate  # noqa: E402
+from pangu import Pangu, PanguConfig, decode_step, generate, pack_for_cpu  # noqa: E402
 
 SHAPES = {
     # ~100 M parameters: 12 layers of width 768, GQA 12/4 heads, biases, 16 k vocab
@@ -93,6 +96,7 @@ def main():
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s (H100 SXM: 3.35e12)")
     ap.add_argument("--hf", action="store_true", help="also run transformers at --shape 7b")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--no-pack", action="store_true", help="CPU: do not time pack_for_cpu")
     ap.add_argument("--compile", action="store_true",
                     help="also time pangu.generate with torch.compile'd decode steps")  # fmt: skip
     args = ap.parse_args()
@@ -120,19 +124,24 @@ def main():
     hw += f", {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     print(f"model {args.shape}: {n_params / 1e6:.1f} M params, {args.dtype}, {hw}")
     hf = hf_model(model) if args.shape != "7b" or args.hf else None
+    pack = device.type == "cpu" and not args.no_pack
+    packed = pack_for_cpu(copy.deepcopy(model)) if pack else None
     # gpt-fast's recipe on GPU: the whole decode step as one CUDA graph
     mode = "reduce-overhead" if device.type == "cuda" else None
     step = torch.compile(decode_step, mode=mode, fullgraph=True) if args.compile else None
     for B in args.batch:
-        print(f"batch {B}: " + bench_batch(model, hf, step, B, args, step_bytes), flush=True)
+        print(f"batch {B}: " + bench_batch(model, packed, hf, step, B, args, step_bytes),
+              flush=True)  # fmt: skip
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
-def bench_batch(model, hf, step, B: int, args, step_bytes: int) -> str:
+def bench_batch(model, packed, hf, step, B: int, args, step_bytes: int) -> str:
     device, n = torch.device(args.device), args.new_tokens
     embeds, mask = prompts(model, B, args.prompt_len, seed=B)
     fns = {"ours": lambda: generate(model, embeds, mask, n, eos_id=-1)}
+    if packed is not None:
+        fns["ours packed"] = lambda: generate(packed, embeds, mask, n, eos_id=-1)
     if step is not None:
         cache = model.make_cache(B, args.prompt_len + n)  # reused: no recompiling
         fns["ours+compile"] = lambda: generate(
@@ -149,13 +158,16 @@ def bench_batch(model, hf, step, B: int, args, step_bytes: int) -> str:
     parts = [f"{name} {B * n / s:7.1f} tok/s" for name, s in best.items()]
     if hf is not None:
         parts.append(f"ratio {best['transformers'] / best['ours']:.2f}x")
+        if packed is not None:
+            parts.append(f"packed {best['transformers'] / best['ours packed']:.2f}x")
         if step is not None:
             parts.append(f"compiled {best['transformers'] / best['ours+compile']:.2f}x")
         same = sum(a == b for a, b in zip(outs["ours"], outs["transformers"]))
         parts.append(f"same tokens in {same}/{B} rows")
-    if step is not None:
-        same = sum(a == b for a, b in zip(outs["ours"], outs["ours+compile"]))
-        parts.append(f"compiled == eager in {same}/{B} rows")
+    for name in ("ours packed", "ours+compile"):
+        if name in outs:
+            same = sum(a == b for a, b in zip(outs["ours"], outs[name]))
+            parts.append(f"{name} == ours in {same}/{B} rows")
     if args.shape == "7b" or device.type == "cuda":
         # per decode step: (time of n new tokens - time of 1) / (n - 1), so no prefill
         name = "ours+compile" if step is not None else "ours"

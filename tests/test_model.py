@@ -174,6 +174,20 @@ def test_reference_batch_generation_equals_single(reference_dir, fx):
     assert 85 not in solo["release", 0] and solo["release", 1][12] == 85
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
+@torch.no_grad()
+def test_packed_llm_generates_the_same(reference_dir, fx):
+    """The CPU recipe of the README (merge LoRA, pack the decoder) changes no token."""
+    from pangu import merge_lora, pack_for_cpu
+
+    model = load_reference(reference_dir, fx)
+    b = batch2(fx)
+    kw = dict(max_new_tokens=16, eos_id=EOS_STANDIN)
+    want = [model.generate_ids(b, layout=layout, **kw) for layout in ("release", "train")]
+    pack_for_cpu(merge_lora(model.llm))
+    assert [model.generate_ids(b, layout=layout, **kw) for layout in ("release", "train")] == want
+
+
 @torch.no_grad()
 def test_position_tables_in_checkpoint(reference_dir, fx, tmp_path):
     """The real release stores both sinusoid buffers: accepted when they are the formulas

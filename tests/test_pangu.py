@@ -1,6 +1,7 @@
 """pangu.py against transformers' LlamaForCausalLM (same function as openPangu), peft's LoRA,
 and the tensors the original I-OSUM-Pangu code produced (shared/reference)."""
 
+import copy
 import json
 import shutil
 
@@ -19,6 +20,7 @@ from pangu import (
     load_pangu,
     lora_parameters,
     merge_lora,
+    pack_for_cpu,
     pangu_state_dict,
     unmerge_lora,
 )
@@ -245,6 +247,49 @@ def test_gradient_checkpointing_same_grads(ours):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ packed CPU weights
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN (mkldnn)"
+)
+
+
+@needs_onednn
+@torch.no_grad()
+def test_packed_equals_unpacked(ours):
+    packed = pack_for_cpu(copy.deepcopy(ours))
+    kinds = [type(m).__name__ for m in packed.modules()]
+    assert kinds.count("PackedLinear") == 2 * 7 + 1 and "Linear" not in kinds
+    ids, mask = padded_batch([12, 7, 9], 12, seed=10)
+    pos = positions(mask)
+    want = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
+    got = packed(input_ids=ids, attention_mask=mask, position_ids=pos)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    embeds = ours.embed(ids)
+    kw = dict(max_new_tokens=12, eos_id=-1, repetition_penalty=1.05)
+    assert generate(packed, embeds, mask, **kw) == generate(ours, embeds, mask, **kw)
+    # state_dict gives the original weights back, so a packed model saves losslessly
+    sd, sd0 = packed.state_dict(), ours.state_dict()
+    assert sd.keys() == sd0.keys() and all(torch.equal(sd[k], sd0[k]) for k in sd0)
+
+
+@needs_onednn
+@torch.no_grad()
+def test_packed_lora_needs_merge(peft_pair):
+    lora = copy.deepcopy(peft_pair[1])
+    with pytest.raises(ValueError, match="q_proj has unmerged LoRA.*merge_lora"):
+        pack_for_cpu(copy.deepcopy(lora))
+    ids, mask = padded_batch([9, 6], 9, seed=11)
+    pos = positions(mask)
+    want = lora(input_ids=ids, attention_mask=mask, position_ids=pos)
+    merge_lora(lora)
+    keys = lora.state_dict().keys()
+    pack_for_cpu(lora)
+    torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want,
+                               atol=1e-5, rtol=0)  # fmt: skip
+    assert lora.state_dict().keys() == keys
 
 
 # ------------------------------------------------------------------ the 7 B shape
