@@ -404,6 +404,11 @@ def pack_for_cpu(model: nn.Module) -> nn.Module:
     """
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("pack_for_cpu needs PyTorch built with oneDNN (mkldnn)")
+    for dtype in {p.dtype for p in model.parameters()}:  # try a tiny one before changing any
+        try:
+            torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)
+        except RuntimeError as e:
+            raise RuntimeError(f"oneDNN cannot pack {dtype} weights on this CPU: {e}") from None
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear) and not m.merged:
             raise ValueError(f"{name} has unmerged LoRA: call merge_lora(model) before packing")

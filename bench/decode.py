@@ -124,7 +124,7 @@ def main():
     hw += f", {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     print(f"model {args.shape}: {n_params / 1e6:.1f} M params, {args.dtype}, {hw}")
     hf = hf_model(model) if args.shape != "7b" or args.hf else None
-    pack = device.type == "cpu" and not args.no_pack
+    pack = device.type == "cpu" and not args.no_pack and torch.backends.mkldnn.is_available()
     packed = pack_for_cpu(copy.deepcopy(model)) if pack else None
     # gpt-fast's recipe on GPU: the whole decode step as one CUDA graph
     mode = "reduce-overhead" if device.type == "cuda" else None

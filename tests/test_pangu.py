@@ -292,6 +292,24 @@ def test_packed_lora_needs_merge(peft_pair):
     assert lora.state_dict().keys() == keys
 
 
+@needs_onednn
+@torch.no_grad()
+def test_pack_bf16_packs_or_changes_nothing(ours):
+    """bfloat16 packing needs AVX-512 or AVX-NE-CONVERT: where the CPU lacks them, the error
+    says so before any layer was replaced; where it has them, the logits stay the same."""
+    model = copy.deepcopy(ours).to(torch.bfloat16)
+    ids, mask = padded_batch([8, 5], 8, seed=12)
+    pos = positions(mask)
+    want = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+    try:
+        pack_for_cpu(model)
+    except RuntimeError as e:
+        assert "cannot pack torch.bfloat16 weights on this CPU" in str(e)
+        assert not any(type(m).__name__ == "PackedLinear" for m in model.modules())
+    got = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+    torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
+
+
 # ------------------------------------------------------------------ the 7 B shape
 
 
