@@ -853,14 +853,27 @@ def _length(r: dict) -> int:
 
 
 def sort_buffer(records: Iterable, size: int) -> Iterator:
-    """WeNet `sort`: buffers of `size` emitted in order of length (frames; tokens for text)."""
+    """WeNet `sort`: buffers of `size` emitted in order of length (frames; tokens for text).
+
+    Speech and text are sorted apart, then spread over the buffer by rank (the i-th of n
+    records of a kind at (i + 1/2) / n), so that text batches come between speech batches
+    rather than all first (text lengths in tokens are smaller than speech lengths in frames).
+    """
+
+    def spread(buf):
+        placed = []
+        for kind in sorted({r["kind"] for r in buf}):
+            rs = sorted((r for r in buf if r["kind"] == kind), key=_length)
+            placed += [((i + 0.5) / len(rs), r) for i, r in enumerate(rs)]
+        return [r for _, r in sorted(placed, key=lambda p: p[0])]
+
     buf = []
     for r in records:
         buf.append(r)
         if len(buf) >= size:
-            yield from sorted(buf, key=_length)
+            yield from spread(buf)
             buf = []
-    yield from sorted(buf, key=_length)
+    yield from spread(buf)
 
 
 def dynamic_batches(

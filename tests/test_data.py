@@ -259,6 +259,24 @@ def test_batches_respect_frame_budget_and_format(toy):
     assert n_speech == 13 * 12  # every train utterance once
 
 
+def test_sort_keeps_text_batches_among_speech():
+    """Each kind comes out sorted by length, and a buffer's text batches are spread between
+    its speech batches (sorting both kinds together would put every text batch first)."""
+    rng = random.Random(0)
+    records = [dict(kind="speech", n_frames=rng.randrange(100, 3000)) for _ in range(96)]
+    records += [dict(kind="text", target_ids=[0] * rng.randrange(3, 60)) for _ in range(64)]
+    rng.shuffle(records)
+    out = list(data.sort_buffer(records, size=len(records)))
+    assert sorted(map(id, out)) == sorted(map(id, records))
+    for kind in ("speech", "text"):
+        lengths = [data._length(r) for r in out if r["kind"] == kind]
+        assert lengths == sorted(lengths)
+    kinds = [b[0]["kind"] for b in data.dynamic_batches(out, 4000, text_batch_size=16)]
+    assert kinds.count("text") == 4
+    first, last = kinds.index("text"), len(kinds) - 1 - kinds[::-1].index("text")
+    assert kinds[:first].count("speech") > 0 and kinds[last:].count("speech") > 0
+
+
 def test_specaugment_and_specsub_as_released():
     rng = random.Random(0)
     for _ in range(20):
