@@ -420,6 +420,7 @@ class IOSUMPangu(nn.Module):
         config: "str | IOSUMConfig | None" = None,
         dtype: torch.dtype | None = None,
         tokenizer: "str | Path | PanguTokenizer | None" = None,
+        verbose: bool = True,
     ) -> "IOSUMPangu":
         """Load our format (a directory: model.safetensors + config.json, no flags needed) or
         the released layout (a `.pt` state dict like `step_N.pt`, or the same dict as
@@ -428,7 +429,8 @@ class IOSUMPangu(nn.Module):
         `llm_dir/config.json`. `llm_dir`'s weights are read only when the checkpoint has no
         LLM; its `tokenizer.model`, when present, sets the prompts. Strict: a missing,
         unexpected or mis-shaped key raises naming it. dtype: the model's (default: the
-        checkpoint's). Built on the meta device; each tensor is read once.
+        checkpoint's). Built on the meta device; each tensor is read once. verbose: print
+        what was loaded (train.py: rank 0 only).
         """
         path, t = Path(checkpoint), time.time()
         if path.is_dir():
@@ -439,7 +441,9 @@ class IOSUMPangu(nn.Module):
             model = cls._from_release(path, llm_dir, config, dtype)
         n = sum(p.numel() for p in model.parameters())
         w = model.speech_token_emded.weight
-        print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, {time.time() - t:.1f} s")
+        if verbose:
+            print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, "
+                  f"{time.time() - t:.1f} s")  # fmt: skip
         tokenizer = tokenizer or _tokenizer_file(llm_dir) or model.tokenizer_file
         if tokenizer is not None:
             model.set_prompts(tokenizer)

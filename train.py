@@ -731,7 +731,8 @@ def main(argv=None) -> dict:
         else:
             # float32 first: the trained parts keep their precision; the frozen ones go to
             # bf16 below (a 7 B model passes through 32 GB of host memory once)
-            model = IOSUMPangu.from_pretrained(args.init or prev, dtype=torch.float32)
+            model = IOSUMPangu.from_pretrained(args.init or prev, dtype=torch.float32,
+                                               verbose=rank == 0)  # fmt: skip
             say(f"starting from {args.init or prev}")
         if tokenizer_file is None:
             tokenizer_file = model.tokenizer_file
