@@ -383,6 +383,8 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # 1: oneDNN's hint of the rows to expect. On one thread it decoded batch 1 faster than
+        # no hint or 8 did, and batch 8 as fast (within noise on two threads)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
 
