@@ -411,13 +411,14 @@ def pack_for_cpu(model: nn.Module) -> nn.Module:
             torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)
         except RuntimeError as e:
             raise RuntimeError(f"oneDNN cannot pack {dtype} weights on this CPU: {e}") from None
-    for name, m in list(model.named_modules()):
+    for name, m in model.named_modules():  # all checks before the first change
         if isinstance(m, LoRALinear) and not m.merged:
             raise ValueError(f"{name} has unmerged LoRA: call merge_lora(model) before packing")
+        if isinstance(m, nn.Linear) and m.weight.device.type != "cpu":
+            raise ValueError(f"{name} is on {m.weight.device}; pack_for_cpu is for the CPU")
+    for name, m in list(model.named_modules()):
         parent, _, child = name.rpartition(".")
         if isinstance(m, nn.Linear) and child not in ("lora_A", "lora_B"):  # (merged: unused)
-            if m.weight.device.type != "cpu":
-                raise ValueError(f"{name} is on {m.weight.device}; pack_for_cpu is for the CPU")
             setattr(model.get_submodule(parent), child, PackedLinear(m))
     return model
 

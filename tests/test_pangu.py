@@ -277,10 +277,13 @@ def test_packed_equals_unpacked(ours):
 
 @needs_onednn
 @torch.no_grad()
-def test_packed_lora_needs_merge(peft_pair):
+def test_packed_lora_needs_merge(ours, peft_pair):
+    late = apply_lora(copy.deepcopy(ours.model.layers[0]), r=2, alpha=4,
+                      targets=["up_proj"])  # fmt: skip
+    with pytest.raises(ValueError, match="mlp.up_proj has unmerged LoRA.*merge_lora"):
+        pack_for_cpu(late)  # found after q, k, v, o, gate: those must stay unpacked too
+    assert not any(type(m).__name__ == "PackedLinear" for m in late.modules())
     lora = copy.deepcopy(peft_pair[1])
-    with pytest.raises(ValueError, match="q_proj has unmerged LoRA.*merge_lora"):
-        pack_for_cpu(copy.deepcopy(lora))
     ids, mask = padded_batch([9, 6], 9, seed=11)
     pos = positions(mask)
     want = lora(input_ids=ids, attention_mask=mask, position_ids=pos)
