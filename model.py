@@ -24,10 +24,9 @@ from torch import nn
 
 import pangu
 from adapter import Adapter, AdapterConfig, adapter_state_dict
-from pangu import Pangu, PanguConfig, PanguTokenizer, apply_lora, pangu_state_dict
+from pangu import IGNORE_ID, Pangu, PanguConfig, PanguTokenizer, apply_lora, lm_loss, pangu_state_dict
 from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whisper_state_dict
 
-IGNORE_ID = -100  # label of positions without loss (and the target's padding)
 UNK_LABEL_ID = 7672  # the "&&" piece: the release embeds it as id 0 and gives it no loss
 SPEECH_TOKEN_NUM = 4097  # speech_token_emded rows 4097 / 4098 are the speech bos / eos
 
@@ -324,15 +323,9 @@ class IOSUMPangu(nn.Module):
         x = self.build_inputs(batch, layout="train", with_target=True)
         labels = x.pop("labels")
         logits = self.llm(**x)  # (B, L, V)
-        shift_labels = labels[:, 1:]
+        shift_labels = labels[:, 1:]  # (B, L - 1): position t predicts token t + 1
         n_tokens = int((shift_labels != IGNORE_ID).sum())
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            shift_labels.flatten(),
-            ignore_index=IGNORE_ID,
-            reduction="sum",
-        ) / max(n_tokens, 1)
-        return dict(loss=loss, n_tokens=n_tokens, logits=logits)
+        return dict(loss=lm_loss(logits[:, :-1], shift_labels), n_tokens=n_tokens, logits=logits)
 
     # -- generation --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 BOS_ID = 1  # <s>
 EOS_ID = 45892  # [unused10]: the release stops generation here
 PAD_ID = 0  # <unk>, the pad of the LLM's config.json (the tokenizer's [PAD] is vocab_size)
+IGNORE_ID = -100  # label of positions without loss (F.cross_entropy's default ignore_index)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")  # not up_proj
 
 
@@ -287,6 +288,13 @@ class Pangu(nn.Module):
         """
         h = self.hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache, cache_pos)
         return self.lm_head(h)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy (float32) of logits (B, L, V) against labels (B, L) already aligned (the label
+    of position t is token t + 1), over the labels that are not IGNORE_ID; 0 when there are none."""
+    n = (labels != IGNORE_ID).sum().clamp(min=1)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_ID, reduction="sum") / n
 
 
 # ----------------------------------------------------------------------------- LoRA
