@@ -1,28 +1,21 @@
-"""Data for I-OSUM-Pangu: the release's WeNet formats, task tags, instructions, batching, toy world.
+"""Data for I-OSUM-Pangu: the release's WeNet formats, read, prompted, batched.
 
 Mirrors the data side of the release (WeNet `wenet/dataset/{dataset,processor}.py` as OSUM uses
-it): raw / shard / combine lists and a weighted data mix, task names -> intent tags + ASR+X
-targets with the release's label normalisation, SpecAugment + SpecSub, shuffle and sort buffers,
-dynamic batching by padded frames, a resumable DataLoader split over DDP ranks and workers
-(SPEC §7-§10). `ensure_toy_world()` writes a small synthetic corpus a tiny model can learn on a
-CPU; `python data.py` builds it and prints a summary.
+it): raw / shard / combine lists and a weighted data mix, each sample turned into its stage's
+instruction and target by `tasks.py`, SpecAugment + SpecSub, shuffle and sort buffers, dynamic
+batching by padded frames, a resumable DataLoader split over DDP ranks and workers (SPEC §7-§10).
+Any corpus in these formats is read the same way; the toy world (`toy.py`) is one of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import logging
 import math
-import os
 import random
-import re
-import shutil
-import sys
 import tarfile
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tokenizer import PanguTokenizer
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pangu import PanguTokenizer
+from pangu import IGNORE_ID
+from tasks import DEFAULT_TASK, BadSample, build_prompt, intent_samples
 from whisper_enc import HOP_LENGTH, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram
 
 log = logging.getLogger("data")
@@ -41,168 +36,11 @@ log = logging.getLogger("data")
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 AUDIO_EXTS = ("wav", "flac", "mp3", "ogg", "opus", "m4a", "wma")  # WeNet's AUDIO_FORMAT_SETS
 
-# ----------------------------------------------------------------------------- tasks and labels
 
-# SPEC §8. Intent tags in the order they are written (`<asr>` first, `<chat>` alone).
-TAGS = ("<asr>", "<align>", "<caption>", "<emotion>", "<style>", "<gender>", "<age>", "<chat>")
-
-# Upper-case task names inside the data -> intent tags. `<ALIGN>` alone means SRWT, whose intent
-# is `<asr><align>` (SPEC §8). Lower-case tags are accepted as they are.
-TASK_NAMES = {
-    "<TRANSCRIBE>": ("<asr>",),
-    "<ALIGN>": ("<asr>", "<align>"),
-    "<CAPTION>": ("<caption>",),
-    "<EMOTION>": ("<emotion>",),
-    "<STYLE>": ("<style>",),
-    "<GENDER>": ("<gender>",),
-    "<AGE>": ("<age>",),
-    "<S2TCHAT>": ("<chat>",),
-}
-DEFAULT_TASK = "<TRANSCRIBE>"  # WeNet raw lists without a task
-
-
-def _label_token(name: str) -> str:
-    """'news/science' -> '<NEWS_SCIENCE>' (our spelling of SPEC §8's label names)."""
-    return "<" + re.sub(r"[\s/\-]+", "_", name.strip().strip("<>")).upper() + ">"
-
-
-# SPEC §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
-# spaces and slashes). Keys are the intent tags that take a label.
-# fmt: off
-LABELS = {
-    "<caption>": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze",
-                  "other"),
-    "<emotion>": ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "other"),
-    "<style>": ("news/science", "horror story", "fairy tale", "customer service", "poetry/prose",
-                "audiobook", "daily conversation", "other"),
-    "<gender>": ("male", "female"),
-    "<age>": ("child", "adult", "old"),
-}
-# fmt: on
-LABELS = {tag: tuple(map(_label_token, names)) for tag, names in LABELS.items()}
-# Where a label lives when the text does not carry it (shard members, then `extra` keys).
-LABEL_FIELDS = {
-    "<caption>": ("caption", "event", "vocal_event"),
-    "<emotion>": ("emotion",),
-    "<style>": ("style",),
-    "<gender>": ("gender",),
-    "<age>": ("age",),
-}
-# Label normalisation. `<YOUTH>` -> `<ADULT>` is the release's (its age task has 3 classes);
-# the other aliases are spelling variants seen in public corpora, mapped by us.
-LABEL_ALIASES = {
-    "<YOUTH>": "<ADULT>", "<MIDDLE_AGE>": "<ADULT>", "<MIDDLE>": "<ADULT>",
-    "<TEENAGER>": "<ADULT>", "<KID>": "<CHILD>", "<ELDER>": "<OLD>", "<ELDERLY>": "<OLD>",
-    "<OLD_AGE>": "<OLD>", "<MAN>": "<MALE>", "<WOMAN>": "<FEMALE>",
-    "<HAPPINESS>": "<HAPPY>", "<SADNESS>": "<SAD>", "<ANGER>": "<ANGRY>",
-    "<SURPRISED>": "<SURPRISE>", "<FEARFUL>": "<FEAR>", "<DISGUSTED>": "<DISGUST>",
-    "<LAUGHTER>": "<LAUGH>", "<LAUGHING>": "<LAUGH>", "<CRYING>": "<CRY>",
-    "<SCREAM>": "<SCREAMING>", "<COUGHING>": "<COUGH>", "<SNEEZING>": "<SNEEZE>",
-}  # fmt: skip
-# Classes with an `<OTHER>` label absorb unknown labels; gender and age have none: a bad sample.
-_HAS_OTHER = {tag for tag, labels in LABELS.items() if "<OTHER>" in labels}
-
-
-class BadSample(ValueError):
-    """One sample we skip; `reason` is the counter's key."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-def parse_task(task: str | None) -> tuple[str, ...]:
-    """'<TRANSCRIBE> <AGE>' -> ('<asr>', '<age>'). Raises BadSample('unknown_task')."""
-    names = re.findall(r"<[^<>]+>", task or DEFAULT_TASK)
-    if not names or re.sub(r"<[^<>]+>|\s", "", task or DEFAULT_TASK):
-        raise BadSample("unknown_task", f"cannot parse task {task!r}")
-    tags = set()
-    for name in names:
-        if name in TASK_NAMES:
-            tags.update(TASK_NAMES[name])
-        elif name in TAGS:
-            tags.add(name)
-        else:  # e.g. <TEXT2TOKEN>, <THINK>: speech-to-speech tasks this project does not model
-            raise BadSample(
-                "unknown_task", f"task {task!r}: {name} is not one of {list(TASK_NAMES)}"
-            )
-    if "<align>" in tags:
-        tags.add("<asr>")
-    if "<chat>" in tags and len(tags) > 1:
-        raise BadSample("unknown_task", f"task {task!r}: <S2TCHAT> does not combine")
-    return tuple(t for t in TAGS if t in tags)
-
-
-def normalise_label_or_none(tag: str, label: str) -> str | None:
-    """'<youth>' / 'Happy' / 'news/science' -> the canonical token of `tag`'s set, or None."""
-    token = LABEL_ALIASES.get(_label_token(label), _label_token(label))
-    return token if token in LABELS[tag] else None
-
-
-def normalise_label(tag: str, label: str) -> str:
-    """A label for `tag` -> its canonical token; unknown -> `<OTHER>` where the set has one,
-    else BadSample('bad_label') (gender and age have no 'other')."""
-    token = normalise_label_or_none(tag, label)
-    if token is None and tag not in _HAS_OTHER:
-        raise BadSample("bad_label", f"{label!r} is not a {tag} label {LABELS[tag]}")
-    return token or "<OTHER>"
-
-
-_TRAILING_LABELS = re.compile(r"((?:\s*<[A-Za-z][A-Za-z_ /\-]*>)+)\s*$")
-
-
-def normalise_transcript(text: str) -> str:
-    """ASR text: English lower-cased, runs of whitespace -> one space, stripped."""
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def make_target(tags: tuple[str, ...], txt: str, fields: dict) -> str:
-    """Tags + answer in the ASR+X form of SPEC §8, e.g. '<asr><age>hello everyone<ADULT>'.
-
-    Rules (ours, following the release where it is known):
-    - the transcript (tasks with `<asr>`) is lower-cased and its whitespace collapsed;
-      `<align>` text keeps its `<start,end>` stamps; `<chat>` answers are kept as written;
-    - each label tag gets one label, in tag order after the transcript: taken from the
-      labels that end the text (`i am fine<HAPPY>`), else from the sample's fields
-      (shard members `.emotion`/`.gender`, then `extra`); a text without angle brackets is
-      itself the label of a pure classification task (`happy` -> `<HAPPY>`);
-    - labels are normalised by `normalise_label` (`<YOUTH>` -> `<ADULT>`, ...).
-    """
-    label_tags = [t for t in tags if t in LABELS]
-    text = txt.strip()
-    found = []
-    m = _TRAILING_LABELS.search(text) if label_tags else None
-    if m:
-        found = re.findall(r"<[^<>]+>", m.group(1))
-        text = text[: m.start()].strip()
-    if label_tags and "<asr>" not in tags and not found and text and "<" not in text:
-        found, text = [text], ""  # 'happy' for <EMOTION>
-    if "<asr>" in tags:
-        body = normalise_transcript(text)
-        if not body:
-            raise BadSample("empty_text", "empty transcript")
-    elif "<chat>" in tags:
-        body = text
-        if not body:
-            raise BadSample("empty_text", "empty answer")
-    else:
-        body = ""
-    labels = []
-    for i, tag in enumerate(label_tags):
-        if len(found) == len(label_tags):
-            raw = found[i]
-        else:
-            raw = next((f for f in found if normalise_label_or_none(tag, f)), None)
-            if raw is None:
-                raw = next((fields[k] for k in LABEL_FIELDS[tag] if _usable(fields.get(k))), None)
-        if raw is None:
-            raise BadSample("empty_text", f"no {tag} label in the text or the fields")
-        labels.append(normalise_label(tag, str(raw)))
-    return "".join(tags) + body + "".join(labels)
-
-
-def _usable(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() not in ("", "none", "null", "unknown")
+def _rng(*parts) -> np.random.Generator:
+    """A generator seeded by a stable hash of `parts` (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
 # ----------------------------------------------------------------------------- bad data
@@ -327,24 +165,6 @@ def _raw_sample(line: str, where: str, list_dir: Path | None) -> dict:
     return sample
 
 
-def read_raw_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
-    """WeNet raw `data.list`: one JSON object per line (key, wav, txt, task, lang, extra).
-
-    Yields {key, wav (resolved path), txt, task, lang?, extra (dict), src ('file:line'), ...}.
-    Bad lines are skipped and counted (audio is checked later, when it is decoded)."""
-    counter = counter if counter is not None else BadDataCounter(max_fraction=1.0)
-    path = Path(path)
-    for n, line in _list_lines(path):
-        where = f"{path}:{n}"
-        try:
-            sample = _raw_sample(line, where, path.parent)
-        except BadSample as e:
-            counter.add(e.reason, where, str(e))
-            continue
-        counter.ok()
-        yield sample
-
-
 def _tar_groups(tar_path: Path) -> Iterator[dict]:
     """Stream a shard: members grouped by key (consecutive `KEY.ext` members), never unpacked.
 
@@ -408,17 +228,6 @@ def _read_tar(tar_path: Path, where: str, counter: BadDataCounter) -> Iterator[d
         counter.add("corrupt_tar", where, f"tar {tar_path}: {e}")
 
 
-def read_shard_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
-    """WeNet `shards_list.txt`: one tar per line. Tars are streamed (tarfile 'r|*'), members
-    grouped by key; whatever members a key has become fields (`txt`, `task`, `lang`, `speaker`,
-    `emotion`, `gender`, `duration`, `extra` (JSON -> dict), ...). Audio stays as bytes in
-    `audio` with its `audio_format`. Missing or broken tars are skipped, counted and logged."""
-    counter = counter if counter is not None else BadDataCounter(max_fraction=1.0)
-    path = Path(path)
-    for n, line in _list_lines(path):
-        yield from _read_tar(resolve_path(line, path.parent), f"{path}:{n}", counter)
-
-
 def combine_pairs(combines_list: str | Path, tar_root: str | Path) -> list[str]:
     """The release's combine layout -> `list_path|tar_path` lines: each label list
     (`combines_list.txt`, one per line) pairs with the tar of the same stem under the root
@@ -426,9 +235,7 @@ def combine_pairs(combines_list: str | Path, tar_root: str | Path) -> list[str]:
     tar_root = Path(tar_root)
     if tar_root.is_file():
         tar_root = Path(tar_root.read_text(encoding="utf-8").strip())
-    return [
-        f"{line}|{tar_root / (Path(line).stem + '.tar')}" for _, line in _list_lines(combines_list)
-    ]
+    return [f"{line}|{tar_root / (Path(line).stem + '.tar')}" for _, line in _list_lines(combines_list)]
 
 
 def _read_combine(list_path: Path, tar_path: Path, where: str, counter: BadDataCounter):
@@ -453,94 +260,70 @@ def _read_combine(list_path: Path, tar_path: Path, where: str, counter: BadDataC
         counter.add("missing_audio", label["src"], f"key {key} is not in {tar_path}")
 
 
-def read_combine_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
-    """Combine format: lines `list_path|tar_path`; labels from the JSON-lines list (`tas_tag`
-    read as `task`), audio from the tar. Keys in the list without audio are counted as bad."""
-    counter = counter if counter is not None else BadDataCounter(max_fraction=1.0)
-    path = Path(path)
-    for n, line in _list_lines(path):
-        where = f"{path}:{n}"
-        if line.count("|") != 1:
-            counter.add("bad_json", where, "a combine line is 'list_path|tar_path'")
-            continue
-        list_path, tar_path = (resolve_path(p, path.parent) for p in line.split("|"))
+def read_line(kind: str, line: str, where: str, folder: Path, counter: BadDataCounter) -> Iterator[dict]:
+    """The samples of one list line: a raw JSON line, a shard list's tar, or a combine list's
+    `list_path|tar_path` pair. Bad ones are skipped and counted with `where` (file:line)."""
+    if kind == "raw":
+        try:
+            sample = _raw_sample(line, where, folder)
+        except BadSample as e:
+            counter.add(e.reason, where, str(e))
+            return
+        counter.ok()
+        yield sample
+    elif kind == "shard":
+        yield from _read_tar(resolve_path(line, folder), where, counter)
+    elif line.count("|") != 1:
+        counter.add("bad_json", where, "a combine line is 'list_path|tar_path'")
+    else:
+        list_path, tar_path = (resolve_path(p, folder) for p in line.split("|"))
         yield from _read_combine(list_path, tar_path, where, counter)
 
 
-# ----------------------------------------------------------------------------- data mix (YAML)
+def read_list(path: str | Path, kind: str | None = None, counter: BadDataCounter | None = None) -> Iterator[dict]:
+    """Every sample of a list file (`kind` raw / shard / combine, guessed when None)."""
+    counter = counter if counter is not None else BadDataCounter(max_fraction=1.0)
+    path = Path(path)
+    kind = kind or guess_kind(path)
+    for n, line in _list_lines(path):
+        yield from read_line(kind, line, f"{path}:{n}", path.parent, counter)
 
 
-def _scalar(text: str):
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("null", "~", ""):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def read_raw_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
+    """WeNet raw `data.list`: one JSON object per line (key, wav, txt, task, lang, extra).
+
+    Yields {key, wav (resolved path), txt, task, lang?, extra (dict), src ('file:line'), ...}.
+    Bad lines are skipped and counted (audio is checked later, when it is decoded)."""
+    return read_list(path, "raw", counter)
 
 
-def _strip_comment(line: str) -> str:
-    quote = None
-    for i, c in enumerate(line):
-        if c in "'\"":
-            quote = None if quote == c else (quote or c)
-        elif c == "#" and quote is None and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line.rstrip()
+def read_shard_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
+    """WeNet `shards_list.txt`: one tar per line. Tars are streamed (tarfile 'r|*'), members
+    grouped by key; whatever members a key has become fields (`txt`, `task`, `lang`, `speaker`,
+    `emotion`, `gender`, `duration`, `extra` (JSON -> dict), ...). Audio stays as bytes in
+    `audio` with its `audio_format`. Missing or broken tars are skipped, counted and logged."""
+    return read_list(path, "shard", counter)
 
 
-def _flow_mapping(text: str, where: str) -> dict:
-    inner = text.strip()[1:-1].strip()
-    out = {}
-    for part in filter(None, (p.strip() for p in inner.split(","))):
-        if ":" not in part:
-            raise ValueError(f"{where}: expected 'key: value' in {text!r}")
-        k, v = part.split(":", 1)
-        out[_scalar(k)] = _scalar(v)
-    return out
+def read_combine_list(path: str | Path, counter: BadDataCounter | None = None) -> Iterator[dict]:
+    """Combine format: lines `list_path|tar_path`; labels from the JSON-lines list (`tas_tag`
+    read as `task`), audio from the tar. Keys in the list without audio are counted as bad."""
+    return read_list(path, "combine", counter)
 
 
-def parse_simple_yaml(text: str, name: str = "<yaml>") -> dict:
-    """The YAML subset a data mix needs (PyYAML is not a runtime dependency): nested block
-    mappings by indentation, `key: value` scalars (str / int / float / bool / null, quoted or
-    not), flow mappings `{path: x, weight: 1}`, `#` comments. JSON is accepted too. Anything
-    else (lists, anchors, multi-line strings) raises naming the line."""
-    if text.lstrip().startswith("{"):
+# ----------------------------------------------------------------------------- data mix
+
+
+def _read_mix_file(path: Path) -> dict:
+    """A data mix as JSON, or as YAML through PyYAML (imported only here: not a runtime need)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
         return json.loads(text)
-    root: dict = {}
-    stack = [(-1, root)]  # (indent, mapping)
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw)
-        if not line.strip():
-            continue
-        where = f"{name}:{n}"
-        indent = len(line) - len(line.lstrip(" "))
-        body = line.strip()
-        if body.startswith(("- ", "&", "*", "|", ">")) or ":" not in body:
-            raise ValueError(f"{where}: not in the supported YAML subset: {raw!r}")
-        key, value = body.split(":", 1)
-        key, value = _scalar(key), value.strip()
-        while indent <= stack[-1][0]:
-            stack.pop()
-        parent = stack[-1][1]
-        if value == "":
-            parent[key] = {}
-            stack.append((indent, parent[key]))
-        elif value.startswith("{") and value.endswith("}"):
-            parent[key] = _flow_mapping(value, where)
-        elif value[0] in "[&*|>":
-            raise ValueError(f"{where}: not in the supported YAML subset: {raw!r}")
-        else:
-            parent[key] = _scalar(value)
-    return root
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError(f"{path}: a YAML data mix needs PyYAML (pip install pyyaml); or write it as JSON") from e
+    return yaml.safe_load(text)
 
 
 @dataclass
@@ -564,7 +347,9 @@ def read_data_mix(path: str | Path) -> list[Source]:
     """A data YAML `name: {path, weight[, type]}` (or the same as JSON) -> sources. Paths resolve
     like list entries (cwd, then the YAML's folder); `type` is guessed from the list if absent."""
     path = Path(path)
-    conf = parse_simple_yaml(path.read_text(encoding="utf-8"), str(path))
+    conf = _read_mix_file(path)
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: a data mix is a mapping name: {{path, weight}}")
     sources = []
     for name, entry in conf.items():
         if not isinstance(entry, dict) or "path" not in entry:
@@ -591,177 +376,6 @@ def as_sources(data) -> list[Source]:
     if not path.is_file():
         raise FileNotFoundError(f"data list {path} does not exist")
     return [Source(path.stem, path, 1.0, guess_kind(path))]
-
-
-# ----------------------------------------------------------------------------- instruction bank
-
-# Natural-language instructions (stages 2-3), ours: the release's phrasings are not published.
-# Each is a sentence frame around one clause per intent tag; frames and clauses are split into
-# train and held-out sets, and a held-out instruction uses only held-out frames and clauses, so
-# no held-out instruction can be a train one (a test checks the strings as well).
-# {tag: (train clauses, held-out clauses)} per language.
-CLAUSES = {
-    "en": {
-        "<asr>": (["transcribe the audio", "write down what is said",
-                   "convert the speech into text", "tell me what the speaker says",
-                   "give me a transcript of the recording", "write out the words you hear"],
-                  ["turn this recording into written text", "type out the spoken words"]),
-        "<align>": (["give the start and end time of every word", "add a timestamp to each word",
-                     "mark when each word begins and ends"],
-                    ["tell me the timing of each word"]),
-        "<caption>": (["name the sound event in the audio",
-                       "tell me which non-speech sound you hear",
-                       "identify the vocal event"],
-                      ["say what sound the speaker makes besides talking"]),
-        "<emotion>": (["tell me the speaker's emotion", "identify the emotion in the voice",
-                       "say how the speaker feels"],
-                      ["judge the mood of the speaker"]),
-        "<style>": (["tell me the speaking style", "identify the style of the speech",
-                     "say what kind of speech this is"],
-                    ["classify the delivery style of the recording"]),
-        "<gender>": (["tell me the speaker's gender", "say whether the speaker is male or female",
-                      "identify the gender of the voice"],
-                     ["guess if a man or a woman is talking"]),
-        "<age>": (["estimate the speaker's age group", "tell me how old the speaker sounds",
-                   "say whether the speaker is a child, an adult or elderly"],
-                  ["judge the age of the voice"]),
-        "<chat>": (["answer the question in the audio", "listen to the question and reply",
-                    "respond to what the speaker asks"],
-                   ["give a short answer to the spoken question"]),
-    },
-    "zh": {
-        "<asr>": (["转写这段音频", "把这段语音转成文字", "写出说话人说的内容", "听写这段录音",
-                   "识别这段语音的文字内容"],
-                  ["记录下音频里说的话", "把听到的话原样写下来"]),
-        "<align>": (["给出每个词的起止时间", "标注每个词的时间戳", "写出每个词开始和结束的时间"],
-                    ["标出每个字说出的时刻"]),
-        "<caption>": (["识别音频中的声音事件", "告诉我除了说话还有什么声音",
-                       "判断音频里出现的非语音声音"],
-                      ["听听有没有笑声咳嗽之类的声音并说出来"]),
-        "<emotion>": (["判断说话人的情绪", "告诉我说话人的心情", "识别语音中的情感"],
-                      ["分析一下这个人说话时的情绪状态"]),
-        "<style>": (["判断这段话的说话风格", "识别语音的讲述风格", "告诉我这是哪种类型的讲话"],
-                    ["分析一下这段录音的播讲风格"]),
-        "<gender>": (["判断说话人的性别", "告诉我说话人是男是女", "识别说话人的性别"],
-                     ["猜一猜说话的是男性还是女性"]),
-        "<age>": (["判断说话人的年龄段", "估计说话人的年龄", "告诉我说话人是儿童、成年人还是老人"],
-                  ["分析说话人大概多大年纪"]),
-        "<chat>": (["回答音频中的问题", "听一下问题并回答", "针对说话人的问题作答"],
-                   ["对录音里的提问给出简短的回答"]),
-    },
-}  # fmt: skip
-# (train frames, held-out frames) for one clause ({a}; {A} = capitalised) and for two.
-FRAMES = {
-    "en": {
-        1: (["Please {a}.", "{A}.", "Could you {a}?", "I need you to {a}."],
-            ["Can you help me {a}?", "Listen to this clip and {a}."]),
-        2: (["Please {a} and {b}.", "{A}, then {b}.", "Could you {a} and also {b}?"],
-            ["First {a}; after that, {b}.", "Listen carefully, {a} and {b}."]),
-    },
-    "zh": {
-        1: (["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。"],
-            ["你能{a}吗？", "听完这段音频后{a}。"]),
-        2: (["请{a}，并且{b}。", "先{a}，再{b}。", "帮我{a}，同时{b}。"],
-            ["听完后首先{a}，然后{b}。", "麻烦{a}，另外{b}。"]),
-    },
-}  # fmt: skip
-# Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (SPEC §7).
-INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这条用户指令的意图"}
-
-# The task combinations of SPEC §8 the bank covers (and the toy world holds).
-TASK_COMBOS = (
-    ("<asr>",), ("<asr>", "<align>"), ("<caption>",), ("<emotion>",), ("<style>",),
-    ("<gender>",), ("<age>",), ("<chat>",), ("<asr>", "<caption>"), ("<asr>", "<emotion>"),
-    ("<asr>", "<style>"), ("<asr>", "<gender>"), ("<asr>", "<age>"),
-)  # fmt: skip
-
-
-def _phrasings(tags: tuple[str, ...], lang: str, heldout: bool) -> list[str]:
-    which = 1 if heldout else 0
-    clauses = [CLAUSES[lang][t][which] for t in tags]
-    out = []
-    for frame in FRAMES[lang][len(tags)][which]:
-        for parts in itertools.product(*clauses):
-            names = dict(zip("ab", parts))
-            names.update({k.upper(): v[0].upper() + v[1:] for k, v in names.items()})
-            out.append(frame.format(**names))
-    return out
-
-
-def instruction_bank(tags: tuple[str, ...]) -> dict[str, list[str]]:
-    """{'train': [...], 'heldout': [...]} natural-language instructions (en + zh) for a tag set."""
-    if len(tags) > 2 or any(t not in CLAUSES["en"] for t in tags):
-        raise KeyError(f"no instructions for {''.join(tags)}")
-    return {
-        split: [s for lang in ("en", "zh") for s in _phrasings(tags, lang, split == "heldout")]
-        for split in ("train", "heldout")
-    }
-
-
-def fixed_instruction(tags: tuple[str, ...]) -> str:
-    """Stage 1: the instruction is the tag string itself (SPEC §9)."""
-    return "".join(tags)
-
-
-def intent_samples(split: str = "train") -> list[dict]:
-    """Stage-2 text-only samples: instruction '<ask>:<query>', target = the tag string."""
-    out = []
-    for tags in TASK_COMBOS:
-        for lang in ("en", "zh"):
-            for query in _phrasings(tags, lang, heldout=split == "test"):
-                key = f"intent-{hashlib.blake2b(query.encode(), digest_size=6).hexdigest()}"
-                out.append(
-                    {
-                        "key": key,
-                        "kind": "text",
-                        "tags": tags,
-                        "lang": lang,
-                        "instruction": f"{INTENT_ASK[lang]}:{query}",
-                        "target": "".join(tags),
-                        "src": f"intent bank ({split})",
-                    }
-                )
-    return out
-
-
-# ----------------------------------------------------------------------------- sample building
-
-FIELD_KEYS = ("emotion", "gender", "age", "style", "caption", "event", "vocal_event")
-
-
-def _rng(*parts) -> np.random.Generator:
-    """A generator seeded by a stable hash of `parts` (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
-
-
-def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator) -> dict:
-    """A read sample -> {tags, instruction, target} for one stage (SPEC §9).
-
-    Stage 1: the instruction is the fixed tag string. Stages 2-3: a natural-language
-    instruction; train draws from the train phrasings, dev uses them deterministically, test
-    uses the held-out phrasings; an `instruction` in `extra` (the toy test lists carry one)
-    wins outside training. Raises BadSample for unknown tasks, empty text, bad labels."""
-    if sample.get("kind") == "text":
-        return {k: sample[k] for k in ("tags", "instruction", "target")}
-    tags = parse_task(sample.get("task"))
-    extra = sample.get("extra") or {}
-    fields = {
-        **{k: v for k, v in extra.items() if isinstance(v, str)},
-        **{k: sample[k] for k in FIELD_KEYS if _usable(sample.get(k))},
-    }
-    target = make_target(tags, str(sample.get("txt", "")), fields)
-    if stage == 1:
-        instruction = fixed_instruction(tags)
-    elif split != "train" and isinstance(extra.get("instruction"), str):
-        instruction = extra["instruction"]
-    else:
-        try:
-            bank = instruction_bank(tags)["heldout" if split == "test" else "train"]
-        except KeyError as e:
-            raise BadSample("unknown_task", f"no instruction for {''.join(tags)}") from e
-        instruction = bank[int(rng.integers(len(bank)))]
-    return {"tags": tags, "instruction": instruction, "target": target}
 
 
 def audio_frames(sample: dict) -> int:
@@ -816,9 +430,7 @@ def spec_aug(
     return y
 
 
-def spec_sub(
-    mel: torch.Tensor, rng: random.Random, num_t_sub: int = 3, max_t: int = 30
-) -> torch.Tensor:
+def spec_sub(mel: torch.Tensor, rng: random.Random, num_t_sub: int = 3, max_t: int = 30) -> torch.Tensor:
     """WeNet `processor.spec_sub`: each of `num_t_sub` spans [s, s+len) (s ~ U{0..T-1},
     len ~ U{1..max_t}) is replaced by the frames `pos` earlier, pos ~ U{0..s}, read from the
     input. mel (n_mels, T) -> a copy."""
@@ -914,13 +526,13 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 def collate(records: list[dict], mels: list[torch.Tensor] | None = None) -> dict:
     """Records (+ their mels (n_mels, T) for speech) -> the batch format of the contract:
     keys, tasks, kind, [mel (B, n_mels, T) zero-padded, mel_lengths (B,)], instruction (B, Li)
-    padded with -1, target (B, Lt) padded with -100, + instruction_text / target_text."""
+    padded with -1, target (B, Lt) padded with IGNORE_ID (-100), + instruction_text / target_text."""
     batch = {
         "keys": [r["key"] for r in records],
         "tasks": ["".join(r["tags"]) for r in records],
         "kind": records[0]["kind"],
         "instruction": _pad([r["instruction_ids"] for r in records], -1),
-        "target": _pad([r["target_ids"] for r in records], -100),
+        "target": _pad([r["target_ids"] for r in records], IGNORE_ID),
         "instruction_text": [r["instruction"] for r in records],
         "target_text": [r["target"] for r in records],
     }
@@ -966,9 +578,7 @@ class DataConf:
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3) or self.split not in ("train", "dev", "test"):
-            raise ValueError(
-                f"stage {self.stage} / split {self.split!r}: want 1-3 / train|dev|test"
-            )
+            raise ValueError(f"stage {self.stage} / split {self.split!r}: want 1-3 / train|dev|test")
         if self.shuffle is None:
             self.shuffle = self.split == "train"
         if self.augment is None:
@@ -1037,25 +647,11 @@ class SpeechTextDataset(IterableDataset):
 
     def _read(self, items: list[tuple], counter: BadDataCounter) -> Iterator[dict]:
         for kind, path, n, line, rep in items:
-            where, folder = f"{path}:{n}", Path(path).parent
             if kind == "text":
-                samples = [dict(self._intents[n])]
                 counter.ok()
-            elif kind == "raw":
-                try:
-                    samples = [_raw_sample(line, where, folder)]
-                    counter.ok()
-                except BadSample as e:
-                    counter.add(e.reason, where, str(e))
-                    continue
-            elif kind == "shard":
-                samples = _read_tar(resolve_path(line, folder), where, counter)
-            elif line.count("|") != 1:
-                counter.add("bad_json", where, "a combine line is 'list_path|tar_path'")
-                continue
+                samples = [dict(self._intents[n])]
             else:
-                lst, tar = (resolve_path(p, folder) for p in line.split("|"))
-                samples = _read_combine(lst, tar, where, counter)
+                samples = read_line(kind, line, f"{path}:{n}", Path(path).parent, counter)
             for s in samples:
                 s["rep"] = rep
                 yield s
@@ -1127,17 +723,17 @@ class SpeechTextDataset(IterableDataset):
         W, R = self.world_size, self.rank
         mine = [it for j, it in enumerate(items) if j % W == R and (j // W) % n_workers == worker]
         if not mine:
-            log.warning(f"rank {R} worker {worker}: no work ({len(items)} items for {W} ranks x "
-                        f"{n_workers} workers); give fewer workers or more shards")  # fmt: skip
+            log.warning(
+                f"rank {R} worker {worker}: no work ({len(items)} items for {W} ranks x "
+                f"{n_workers} workers); give fewer workers or more shards"
+            )
         records = self._records(self._read(mine, counter), tok, counter, filtered)
         if conf.shuffle:
             rng = random.Random(f"{self.seed}/{self.epoch}/{R}/{worker}")
             records = shuffle_buffer(records, conf.shuffle_size, rng)
         if conf.sort:
             records = sort_buffer(records, conf.sort_size)
-        batches = dynamic_batches(
-            records, conf.max_frames_in_batch, conf.max_batch_size, conf.text_batch_size
-        )
+        batches = dynamic_batches(records, conf.max_frames_in_batch, conf.max_batch_size, conf.text_batch_size)
         for index, records in enumerate(batches):
             if index < skip:
                 continue
@@ -1184,8 +780,7 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         if state["num_workers"] != self.num_workers:
             raise ValueError(
-                f"state was recorded with num_workers={state['num_workers']}, "
-                f"this loader has {self.num_workers}"
+                f"state was recorded with num_workers={state['num_workers']}, this loader has {self.num_workers}"
             )
         self.epoch, self.batches = state["epoch"], state["batches_consumed"]
         self.samples, self.worker_next = state["samples_consumed"], list(state["worker_next"])
@@ -1220,8 +815,8 @@ class Loader:
 
 
 def make_loader(
-    data=None,
-    tokenizer_file=None,
+    data,
+    tokenizer_file,
     stage: int = 1,
     split: str = "train",
     seed: int = 0,
@@ -1230,12 +825,11 @@ def make_loader(
     world_size: int | None = None,
     **conf,
 ) -> Loader:
-    """One call for train.py: `data` is a list / data YAML / sources (None: the toy world's list
-    for `split`), `conf` overrides DataConf fields (e.g. max_frames_in_batch=4000)."""
-    if tokenizer_file is None or (data is None and stage != 2):
-        toy = ensure_toy_world()
-        data = data if data is not None else toy[split]
-        tokenizer_file = tokenizer_file or toy["tokenizer"]
+    """One call for train.py: `data` is a list / data mix / sources (stage 2 may pass None: the
+    intent set alone), `tokenizer_file` the LLM's `tokenizer.model`; `conf` overrides DataConf
+    fields (e.g. max_frames_in_batch=4000)."""
+    if tokenizer_file is None:
+        raise ValueError("make_loader needs tokenizer_file (the LLM's tokenizer.model)")
     ds = SpeechTextDataset(
         data,
         tokenizer_file,
@@ -1245,534 +839,3 @@ def make_loader(
         world_size=world_size,
     )
     return Loader(ds, num_workers=num_workers)
-
-
-# ----------------------------------------------------------------------------- toy world
-
-# A synthetic "language" a tiny model can learn on a CPU in minutes. Each word is two vowel-like
-# syllables (harmonics of the speaker's pitch shaped by two formant peaks, like vowels, so the
-# word does not depend on the pitch); every label has an acoustic cue of its own:
-#   gender  <- pitch register (male 100-125 Hz, female 200-240 Hz)
-#   age     <- speaking rate + voice quality (child fast; old slow with tremor and breath noise)
-#   emotion <- pitch contour and energy within words (flat / rising / falling+quiet / peaked+loud)
-#   style   <- pause rhythm between words (short / long / short-long alternation / medium)
-#   event   <- a non-speech sound after the speech (noise bursts shaped per event)
-#   chat    <- spoken arithmetic "what is three plus four" -> "seven"
-# Label subsets (of SPEC §8's): events laugh/cough/sneeze/sigh, emotions neutral/happy/sad/angry,
-# styles news-science/fairy-tale/poetry-prose/daily-conversation; gender and age complete.
-# fmt: off
-TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-             "plus", "minus", "what", "is", "hello", "good", "cat", "dog", "red", "blue")
-# fmt: on
-TOY_VOWELS = ((280, 2250), (480, 1750), (780, 1250), (520, 880), (300, 640), (380, 1450))  # F1, F2
-TOY_WORD_VOWELS = [(a, (a + k) % 6) for k in (1, 2, 3, 4) for a in range(6)][: len(TOY_WORDS)]
-TOY_LABELS = {
-    "<caption>": ("<LAUGH>", "<COUGH>", "<SNEEZE>", "<SIGH>"),
-    "<emotion>": ("<NEUTRAL>", "<HAPPY>", "<SAD>", "<ANGRY>"),
-    "<style>": ("<NEWS_SCIENCE>", "<FAIRY_TALE>", "<POETRY_PROSE>", "<DAILY_CONVERSATION>"),
-    "<gender>": ("<MALE>", "<FEMALE>"),
-    "<age>": ("<CHILD>", "<ADULT>", "<OLD>"),
-}
-# The task names the toy lists carry (the data's upper-case names, SPEC §10).
-TOY_TASK_NAMES = {
-    ("<asr>",): "<TRANSCRIBE>", ("<asr>", "<align>"): "<ALIGN>", ("<caption>",): "<CAPTION>",
-    ("<emotion>",): "<EMOTION>", ("<style>",): "<STYLE>", ("<gender>",): "<GENDER>",
-    ("<age>",): "<AGE>", ("<chat>",): "<S2TCHAT>",
-    ("<asr>", "<caption>"): "<TRANSCRIBE> <CAPTION>",
-    ("<asr>", "<emotion>"): "<TRANSCRIBE> <EMOTION>",
-    ("<asr>", "<style>"): "<TRANSCRIBE> <STYLE>", ("<asr>", "<gender>"): "<TRANSCRIBE> <GENDER>",
-    ("<asr>", "<age>"): "<TRANSCRIBE> <AGE>",
-}  # fmt: skip
-TOY_SYLLABLE = {"<CHILD>": (0.055, 0.07), "<ADULT>": (0.085, 0.10), "<OLD>": (0.12, 0.14)}  # s
-TOY_CONTOUR = {  # pitch factor at (start, middle, end) of a word; gain in dB
-    "<NEUTRAL>": ((1.0, 1.0, 1.0), 0.0), "<HAPPY>": ((0.95, 1.1, 1.25), 2.0),
-    "<SAD>": ((1.05, 0.93, 0.82), -8.0), "<ANGRY>": ((1.0, 1.2, 1.0), 6.0),
-}  # fmt: skip
-TOY_GAPS = {  # pause after word i (s): (short, long) ranges; poetry alternates
-    "<NEWS_SCIENCE>": (0.02, 0.04), "<FAIRY_TALE>": (0.22, 0.28),
-    "<DAILY_CONVERSATION>": (0.09, 0.13), "<POETRY_PROSE>": None,
-}  # fmt: skip
-TOY_SPEAKERS_PER_CLASS = 6  # per (gender, age); the last one is held out for dev and test
-TOY_DIGITS = TOY_WORDS[:10]
-
-
-def _fade(n: int, ms: float = 10.0) -> np.ndarray:
-    r = min(int(ms * SAMPLE_RATE / 1000), n // 2)
-    w = np.ones(n, np.float32)
-    if r:
-        ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(r) / r)).astype(np.float32)
-        w[:r], w[n - r :] = ramp, ramp[::-1]
-    return w
-
-
-def _syllable(dur: float, f0: tuple[float, float], formants, tremor: float) -> np.ndarray:
-    """A vowel: harmonics of a gliding f0 weighted by two formant peaks, via one wavetable."""
-    n = int(dur * SAMPLE_RATE)
-    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
-    pitch = np.linspace(f0[0], f0[1], n) * (1 + tremor * np.sin(2 * np.pi * 6.0 * t))  # (n,)
-    mean = float(pitch.mean())
-    k = np.arange(1, int(4000 / mean) + 1)  # harmonics below 4 kHz
-    hz = k * mean
-    env = sum(a * np.exp(-0.5 * ((hz - f) / 90.0) ** 2) for f, a in zip(formants, (1.0, 0.7)))
-    amp = (env + 0.03) / np.sqrt(k)
-    grid = np.arange(1024) / 1024
-    table = (amp[:, None] * np.sin(2 * np.pi * k[:, None] * grid[None])).sum(0)  # one period
-    table /= np.abs(table).max()
-    phase = np.cumsum(pitch) / SAMPLE_RATE * 1024  # (n,) table position
-    i = phase.astype(np.int64)
-    frac = phase - i
-    y = table[i % 1024] * (1 - frac) + table[(i + 1) % 1024] * frac
-    return (y * _fade(n)).astype(np.float32)
-
-
-def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
-    spec[(f < lo) | (f > hi)] = 0
-    y = np.fft.irfft(spec, n)
-    return (y / (np.abs(y).max() + 1e-9)).astype(np.float32)
-
-
-def _event(rng: np.random.Generator, label: str) -> np.ndarray:
-    """A non-speech sound: laugh (4 quick mid-band bursts), cough (2 sharp broadband bursts),
-    sneeze (a rising 'ah' then high hiss), sigh (long low breath)."""
-    S = SAMPLE_RATE
-    if label == "<LAUGH>":
-        out = np.zeros(int(0.56 * S), np.float32)
-        for j in range(4):
-            b = _band_noise(rng, int(0.06 * S), 700, 2500) * _fade(int(0.06 * S), 8)
-            out[int(j * 0.14 * S) : int(j * 0.14 * S) + len(b)] += b
-        return 0.5 * out
-    if label == "<COUGH>":
-        out = np.zeros(int(0.35 * S), np.float32)
-        for j in range(2):
-            n = int(0.1 * S)
-            b = _band_noise(rng, n, 200, 5000) * np.exp(-np.arange(n) / (0.03 * S)) * _fade(n, 3)
-            out[int(j * 0.25 * S) : int(j * 0.25 * S) + n] += b.astype(np.float32)
-        return 0.8 * out
-    if label == "<SNEEZE>":
-        ah = _syllable(0.12, (180, 290), TOY_VOWELS[2], 0.0)
-        hiss = _band_noise(rng, int(0.15 * S), 4000, 7500) * _fade(int(0.15 * S), 5)
-        return np.concatenate([0.4 * ah, 0.7 * hiss])
-    n = int(0.5 * S)  # <SIGH>
-    return (
-        0.35 * _band_noise(rng, n, 150, 1200) * np.sin(np.pi * np.arange(n) / n).astype(np.float32)
-    )
-
-
-def _toy_speech(
-    rng: np.random.Generator,
-    words: list[str],
-    f0: float,
-    age: str,
-    emotion: str,
-    style: str,
-    event: str | None,
-) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Render words -> (audio (N,) float32, [(start, end) s per word])."""
-    S = SAMPLE_RATE
-    contour, gain_db = TOY_CONTOUR[emotion]
-    tremor = 0.05 if age == "<OLD>" else 0.0
-    parts = [np.zeros(int(rng.uniform(0.05, 0.15) * S), np.float32)]
-    pos, times = len(parts[0]), []
-    for i, word in enumerate(words):
-        start = pos
-        for j, v in enumerate(TOY_WORD_VOWELS[TOY_WORDS.index(word)]):
-            dur = rng.uniform(*TOY_SYLLABLE[age])
-            syl = _syllable(dur, (f0 * contour[j], f0 * contour[j + 1]), TOY_VOWELS[v], tremor)
-            if age == "<OLD>":  # breathy voice
-                syl = syl + 0.08 * _band_noise(rng, len(syl), 300, 3500) * _fade(len(syl))
-            parts.append(syl)
-            pos += len(syl)
-        times.append((start / S, pos / S))
-        if i < len(words) - 1:
-            gap = TOY_GAPS[style] or ((0.02, 0.04) if i % 2 == 0 else (0.22, 0.28))
-            parts.append(np.zeros(int(rng.uniform(*gap) * S), np.float32))
-            pos += len(parts[-1])
-    speech = np.concatenate(parts) * (0.3 * 10 ** (gain_db / 20))
-    tail = (
-        [np.zeros(int(rng.uniform(0.08, 0.12) * S), np.float32), _event(rng, event)]
-        if event
-        else []
-    )
-    tail.append(np.zeros(int(rng.uniform(0.05, 0.12) * S), np.float32))
-    audio = np.concatenate([speech.astype(np.float32), *tail])
-    audio += rng.normal(0, 3e-5, len(audio)).astype(np.float32)
-    return np.clip(audio, -0.99, 0.99), times
-
-
-def _toy_speakers(rng: np.random.Generator) -> list[dict]:
-    out = []
-    for g, (lo, hi) in (("<MALE>", (100, 125)), ("<FEMALE>", (200, 240))):
-        for age in TOY_LABELS["<age>"]:
-            f0s = np.linspace(lo, hi, TOY_SPEAKERS_PER_CLASS) * rng.uniform(0.98, 1.02)
-            for j, f0 in enumerate(rng.permutation(f0s)):
-                out.append(
-                    {
-                        "id": f"spk{len(out):02d}",
-                        "gender": g,
-                        "age": age,
-                        "f0": round(float(f0), 1),
-                        "heldout": j == TOY_SPEAKERS_PER_CLASS - 1,
-                    }
-                )
-    return out
-
-
-def _toy_question(rng: np.random.Generator) -> tuple[list[str], str]:
-    """'what is three plus four' -> 'seven' (results stay within 0-9)."""
-    a, b = (int(x) for x in rng.integers(0, 10, 2))
-    if rng.random() < 0.5 and a + b <= 9:
-        return ["what", "is", TOY_DIGITS[a], "plus", TOY_DIGITS[b]], TOY_DIGITS[a + b]
-    a, b = max(a, b), min(a, b)
-    return ["what", "is", TOY_DIGITS[a], "minus", TOY_DIGITS[b]], TOY_DIGITS[a - b]
-
-
-def _toy_utterances(rng: np.random.Generator, split: str, n_per_task: int, speakers) -> list:
-    """Specs (not audio) of one split: every task combo n_per_task times, its labels balanced
-    (cycled in a shuffled order); the other attributes drawn at random."""
-    pool = [s for s in speakers if s["heldout"] == (split != "train")]
-    specs = []
-    cycles = {tags: rng.permutation(n_per_task) for tags in TASK_COMBOS}
-    for i in range(n_per_task):
-        for tags in TASK_COMBOS:
-            attrs = {
-                t: TOY_LABELS[t][int(rng.integers(len(TOY_LABELS[t])))]
-                for t in ("<emotion>", "<style>", "<gender>", "<age>")
-            }
-            attrs["<caption>"] = None
-            for t in tags:
-                if t in TOY_LABELS:
-                    attrs[t] = TOY_LABELS[t][int(cycles[tags][i]) % len(TOY_LABELS[t])]
-            spk = [
-                s for s in pool if s["gender"] == attrs["<gender>"] and s["age"] == attrs["<age>"]
-            ]
-            spk = spk[int(rng.integers(len(spk)))]
-            if tags == ("<chat>",):
-                words, answer = _toy_question(rng)
-            else:
-                words = [
-                    TOY_WORDS[int(j)] for j in rng.integers(0, len(TOY_WORDS), rng.integers(3, 5))
-                ]
-                answer = None
-            specs.append(
-                {
-                    "key": f"toy_{split}_{len(specs):05d}",
-                    "tags": tags,
-                    "attrs": attrs,
-                    "speaker": spk,
-                    "words": words,
-                    "answer": answer,
-                }
-            )
-    return specs
-
-
-def _toy_text(spec: dict, times) -> str:
-    """The data's `txt` for a spec: transcript (or stamps, or answer) then labels."""
-    tags, attrs = spec["tags"], spec["attrs"]
-    if tags == ("<chat>",):
-        return spec["answer"]
-    if "<align>" in tags:
-        return " ".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(spec["words"], times))
-    body = " ".join(spec["words"]) if "<asr>" in tags else ""
-    return body + "".join(attrs[t] for t in tags if t in TOY_LABELS)
-
-
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _audio_bytes(audio: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format=fmt.upper(), subtype="PCM_16")
-    return buf.getvalue()
-
-
-def _tokenizer_symbols() -> list[str]:
-    """User-defined pieces: Pangu's specials (ids 3..38), then tags and labels, one token each."""
-    specials = ["<|User|>:", "<|Bot|>:"] + [f"[unused{i}]" for i in range(34)]
-    labels = [lab for labs in LABELS.values() for lab in labs]
-    return specials + list(TAGS) + list(dict.fromkeys(labels))
-
-
-def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) -> None:
-    """The contract's toy sentencepiece model: BPE, byte fallback, Llama/Pangu options."""
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        user_defined_symbols=_tokenizer_symbols(),
-        num_threads=1,
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
-        max_sentence_length=8192,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
-
-
-TOY_VERSION = 1
-
-
-def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
-    return {
-        "version": TOY_VERSION,
-        "seed": seed,
-        "n_train": n_train,
-        "n_dev": n_dev,
-        "n_test": n_test,
-        "n_shards": n_shards,
-    }
-
-
-def _toy_paths(root: Path) -> dict[str, Path]:
-    return {
-        "root": root,
-        "tokenizer": root / "tokenizer.model",
-        "corpus": root / "corpus.txt",
-        "train": root / "train" / "shards_list.txt",
-        "train_mix": root / "train.yaml",
-        "dev": root / "dev" / "data.list",
-        "test": root / "test" / "data.list",
-        "index": root / "toy_world.json",
-    }
-
-
-def build_toy_world(
-    root: str | Path,
-    seed: int = 1234,
-    n_train: int = 80,
-    n_dev: int = 5,
-    n_test: int = 10,
-    n_shards: int = 8,
-) -> dict[str, Path]:
-    """Write the toy world under `root` (overwriting): n_* utterances per task combo.
-
-    train: `shards_list.txt` + tars (KEY.flac/.txt/.task/.lang/.speaker/.emotion/.gender/
-    .duration/.extra, 16 kHz PCM16 in FLAC to keep it small); dev and test: raw `data.list` +
-    `wav/*.wav` (PCM16), their speakers held out; test lines carry a held-out instruction in
-    `extra.instruction`. Also `train.yaml` (a data mix), `corpus.txt` (stage-0 LLM text: targets,
-    arithmetic, train instructions -> tags), `tokenizer.model` and `toy_world.json`."""
-    root = Path(root)
-    paths = _toy_paths(root)
-    rng = np.random.default_rng(seed)
-    speakers = _toy_speakers(rng)
-    summary = {"params": _toy_params(seed, n_train, n_dev, n_test, n_shards), "splits": {}}
-    train_targets = []
-    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
-        folder = root / split
-        (folder / "wav").mkdir(parents=True, exist_ok=True) if split != "train" else None
-        folder.mkdir(parents=True, exist_ok=True)
-        specs = _toy_utterances(rng, split, n, speakers)
-        tars = []
-        if split == "train":
-            tars = [
-                tarfile.open(folder / f"shards_{i:06d}.tar", "w", format=tarfile.GNU_FORMAT)
-                for i in range(n_shards)
-            ]
-        lines, seconds, labels = [], 0.0, Counter()
-        for i, spec in enumerate(specs):
-            a, spk = spec["attrs"], spec["speaker"]
-            audio, times = _toy_speech(
-                rng,
-                spec["words"],
-                spk["f0"],
-                a["<age>"],
-                a["<emotion>"],
-                a["<style>"],
-                a["<caption>"],
-            )
-            txt = _toy_text(spec, times)
-            task = TOY_TASK_NAMES[spec["tags"]]
-            extra = {
-                "speaker": spk["id"],
-                "gender": a["<gender>"],
-                "age": a["<age>"],
-                "emotion": a["<emotion>"],
-                "style": a["<style>"],
-                "event": a["<caption>"] or "none",
-                "words": spec["words"],
-                "times": [[round(s, 3), round(e, 3)] for s, e in times],
-            }
-            if spec["answer"]:
-                extra["question"] = " ".join(spec["words"])
-            if split == "test":
-                bank = instruction_bank(spec["tags"])["heldout"]
-                extra["instruction"] = bank[int(rng.integers(len(bank)))]
-            duration = len(audio) / SAMPLE_RATE
-            seconds += duration
-            labels.update(
-                f"{''.join(spec['tags'])} {a[t]}" for t in spec["tags"] if t in TOY_LABELS
-            )
-            target = make_target(spec["tags"], txt, extra)
-            if split == "train":
-                train_targets.append(target)
-                members = {
-                    "txt": txt,
-                    "flac": _audio_bytes(audio, "flac"),
-                    "task": task,
-                    "lang": "en",
-                    "speaker": spk["id"],
-                    "emotion": a["<emotion>"],
-                    "gender": a["<gender>"],
-                    "duration": f"{duration:.3f}",
-                    "extra": json.dumps(extra, ensure_ascii=False),
-                }
-                for ext, value in members.items():
-                    data = value.encode("utf-8") if isinstance(value, str) else value
-                    _tar_add(tars[i % n_shards], f"{spec['key']}.{ext}", data)
-            else:
-                (folder / "wav" / f"{spec['key']}.wav").write_bytes(_audio_bytes(audio, "wav"))
-                lines.append(
-                    json.dumps(
-                        {
-                            "key": spec["key"],
-                            "wav": f"wav/{spec['key']}.wav",
-                            "txt": txt,
-                            "task": task,
-                            "lang": "en",
-                            "extra": extra,
-                        },
-                        ensure_ascii=False,
-                    )
-                )
-        for tar in tars:
-            tar.close()
-        if split == "train":
-            lines = [f"shards_{i:06d}.tar" for i in range(n_shards)]
-            (folder / "shards_list.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        else:
-            (folder / "data.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        summary["splits"][split] = {
-            "utterances": len(specs),
-            "hours": round(seconds / 3600, 4),
-            "labels": dict(sorted(labels.items())),
-        }
-    paths["train_mix"].write_text(
-        "# data mix (name: {path, weight}); paths relative to this file's folder\n"
-        "toy_shards: {path: train/shards_list.txt, weight: 1.0, type: shard}\n",
-        encoding="utf-8",
-    )
-
-    # Stage-0 corpus (train side only: no held-out instruction appears in it).
-    corpus = list(train_targets)
-    for a, b in itertools.product(range(10), repeat=2):
-        if a + b <= 9:
-            corpus.append(f"what is {TOY_DIGITS[a]} plus {TOY_DIGITS[b]} ? {TOY_DIGITS[a + b]}")
-        if a >= b:
-            corpus.append(f"what is {TOY_DIGITS[a]} minus {TOY_DIGITS[b]} ? {TOY_DIGITS[a - b]}")
-    corpus += [f"{s['instruction']} {s['target']}" for s in intent_samples("train")]
-    corpus += [" ".join(rng.choice(TOY_WORDS, int(rng.integers(3, 8)))) for _ in range(1000)]
-    # Words of every instruction (held-out ones included) in random order: the toy LLM should
-    # know the words of a held-out phrasing, as a real LLM does, without seeing the phrasing.
-    texts = {
-        lang: [s for t in CLAUSES[lang].values() for c in t for s in c]
-        + [re.sub(r"\{[aAbB]\}", " ", f) for n in (1, 2) for c in FRAMES[lang][n] for f in c]
-        for lang in ("en", "zh")
-    }
-    en = sorted({w for s in texts["en"] for w in s.split()})
-    zh = sorted({ch for s in texts["zh"] for ch in s if not ch.isspace()})
-    corpus += [" ".join(rng.choice(en, int(rng.integers(4, 10)))) for _ in range(600)]
-    corpus += ["".join(rng.choice(zh, int(rng.integers(4, 12)))) for _ in range(600)]
-    corpus = [corpus[i] for i in rng.permutation(len(corpus))]
-    paths["corpus"].write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    # The tokenizer also sees the prompts and every label, never a held-out phrasing.
-    from model import PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
-
-    chatml = pattern1("").split("\n") + PATTERN2.split("\n")  # so the toy prompts are short
-    prompts = [SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE, *chatml]
-    labels = [
-        f"{lab} {lab.strip('<>').lower().replace('_', ' ')}"
-        for labs in LABELS.values()
-        for lab in labs
-    ]
-    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels
-    train_toy_tokenizer([t for t in text if t.strip()], paths["tokenizer"])
-    summary["speakers"] = speakers
-    summary["label_sets"] = {t: list(v) for t, v in TOY_LABELS.items()}
-    summary["corpus_lines"] = len(corpus)
-    paths["index"].write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    return paths
-
-
-def ensure_toy_world(
-    root: str | Path = "toy_data",
-    seed: int = 1234,
-    n_train: int = 80,
-    n_dev: int = 5,
-    n_test: int = 10,
-    n_shards: int = 8,
-) -> dict[str, Path]:
-    """The toy world's paths, building it the first time (and when its parameters changed)."""
-    paths = _toy_paths(Path(root))
-    root = Path(root).resolve()  # a link (toy_data -> elsewhere) is rebuilt where it points
-    params = _toy_params(seed, n_train, n_dev, n_test, n_shards)
-    if _toy_params_at(root) == params:
-        return paths
-    if root.exists() and not _toy_paths(root)["index"].is_file() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a toy world (no toy_world.json)")
-    print(f"building the toy world in {root} (seed {seed}); this happens once", file=sys.stderr)
-    t0 = time.time()
-    # Built aside and renamed into place, so that processes starting together (DDP ranks,
-    # test workers) never read a half-written world.
-    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
-    build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards)
-    if _toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
-        shutil.rmtree(root)
-    try:
-        tmp.rename(root)
-    except OSError:  # another process got there first with the same world
-        shutil.rmtree(tmp)
-    print(f"toy world ready in {time.time() - t0:.1f} s", file=sys.stderr)
-    return paths
-
-
-def _toy_params_at(root: Path) -> dict | None:
-    index = _toy_paths(root)["index"]
-    return json.loads(index.read_text(encoding="utf-8"))["params"] if index.is_file() else None
-
-
-def _print_summary(paths: dict[str, Path]) -> None:
-    index = json.loads(paths["index"].read_text(encoding="utf-8"))
-    size = sum(p.stat().st_size for p in paths["root"].rglob("*") if p.is_file())
-    print(f"toy world at {paths['root']} ({size / 1e6:.1f} MB)")
-    for split, s in index["splits"].items():
-        print(
-            f"  {split:5s} {s['utterances']:5d} utterances, {s['hours'] * 60:.1f} min"
-            f" -> {paths[split]}"
-        )
-    print(
-        f"  tokenizer {paths['tokenizer']}, stage-0 corpus {paths['corpus']}"
-        f" ({index['corpus_lines']} lines)"
-    )
-    for tag, labels in index["label_sets"].items():
-        print(f"  {tag:10s} {' '.join(labels)}")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Build the toy world (default) and summarise it.")
-    parser.add_argument("command", nargs="?", default="toy", choices=["toy"])
-    parser.add_argument("--root", default="toy_data")
-    parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args()
-    _print_summary(ensure_toy_world(args.root, seed=args.seed))

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -22,20 +21,33 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
+from checkpoint import atomic_dir, atomic_write, count_params
+from device import BACKENDS, peak_memory_gb, pick_device, synchronize, use_bf16
 from model import IOSUMConfig, IOSUMPangu
-from pangu import Pangu, PanguConfig, PanguTokenizer, load_pangu
+from pangu import Pangu, PanguConfig, lm_loss, load_pangu
+from tokenizer import PanguTokenizer
+from toy import corpus_loaders, ensure_toy_world, toy_paths
 from whisper_enc import load_whisper
 
 # The release's optimisation settings (SPEC §9), for every preset but the toy one. The frame
 # budget per batch, step count and eval / save intervals are not published (our choice).
-RELEASE = dict(lr=5e-4, warmup=2000, accum=4, clip=5.0, weight_decay=0.01, steps=100_000,
-               batch_frames=60_000, eval_every=2000, eval_batches=200, save_every=2000,
-               log_every=10)  # fmt: skip
+RELEASE = dict(
+    lr=5e-4,
+    warmup=2000,
+    accum=4,
+    clip=5.0,
+    weight_decay=0.01,
+    steps=100_000,
+    batch_frames=60_000,
+    eval_every=2000,
+    eval_batches=200,
+    save_every=2000,
+    log_every=10,
+)
 # Toy presets: sized so that `python train.py --stage 1` (stage 0 included) takes minutes on a
 # 2-core CPU. (our choice, tuned on the toy world; the recipe is otherwise the release's.)
 TOY = {
@@ -44,72 +56,10 @@ TOY = {
     2: dict(lr=1e-3, warmup=20, steps=100),
     3: dict(lr=1e-3, warmup=20, steps=100),
 }
-TOY_COMMON = dict(accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50,
-                  eval_batches=4, save_every=50, log_every=5)  # fmt: skip
+TOY_COMMON = dict(
+    accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50, eval_batches=4, save_every=50, log_every=5
+)
 TOY_PRESETS = ("toy",)
-BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
-IGNORE_ID = -100
-
-
-# ----------------------------------------------------------------------------- device
-
-
-def npu_available() -> bool:
-    """True when the Ascend plugin imports and reports at least one NPU."""
-    try:
-        import torch_npu  # noqa: F401  (registers torch.npu)
-    except ImportError:
-        return False
-    return hasattr(torch, "npu") and torch.npu.is_available()
-
-
-def pick_device(name: str, local_rank: int = 0) -> str:
-    """'auto' | 'npu' | 'cuda' | 'cpu' -> a device string such as 'npu:0'. Never falls back:
-    a device asked for by name that is not there is an error."""
-    if name == "auto":
-        name = "npu" if npu_available() else "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "npu" and not npu_available():
-        raise SystemExit(
-            "--device npu: no Ascend NPU found (torch_npu does not import, or "
-            "torch.npu.is_available() is False). Install torch_npu + CANN, or pick another "
-            "--device."
-        )
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device cuda: torch {torch.__version__} sees no CUDA device "
-            f"(built with CUDA: {torch.version.cuda}). Pick another --device."
-        )
-    elif name not in ("npu", "cuda", "cpu"):
-        raise SystemExit(f"--device {name}: expected auto, npu, cuda or cpu")
-    if name == "cpu":
-        return "cpu"
-    getattr(torch, name).set_device(local_rank)
-    return f"{name}:{local_rank}"
-
-
-def use_bf16(device: str, precision: str) -> bool:
-    """bf16 autocast where the device supports it, float32 on the CPU (unless asked)."""
-    kind = device.split(":")[0]
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if kind == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return kind == "npu"
-
-
-def peak_memory_gb(device: str) -> float:
-    kind = device.split(":")[0]
-    if kind in ("cuda", "npu"):
-        return getattr(torch, kind).max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS, KiB on Linux
-
-
-def synchronize(device: str) -> None:
-    kind = device.split(":")[0]
-    if kind in ("cuda", "npu"):
-        getattr(torch, kind).synchronize()
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -160,45 +110,13 @@ def set_rng_state(state: dict, device: str) -> None:
 # the same way only after that. A save killed at any point leaves the previous one intact.
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    fsync_file(tmp)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def save_checkpoint(out: Path, step: int, weights: dict, config: dict, state: dict, keep: int):
     final = out / f"step_{step:07d}"
-    tmp = out / f".step_{step:07d}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors"
-    )
-    (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
-    torch.save(state, tmp / "train_state.pt")
-    for f in tmp.iterdir():
-        fsync_file(f)
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again (a resumed run that ends where it began)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(out)
-    atomic_write_text(out / "latest", final.name + "\n")
+    with atomic_dir(final) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        torch.save(state, tmp / "train_state.pt")
+    atomic_write(out / "latest", final.name + "\n")
     old = sorted(p for p in out.glob("step_*") if p.is_dir() and p != final)
     for p in old[: max(len(old) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
@@ -227,28 +145,20 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
 
 
 def count(n: int) -> str:
-    return (
-        f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
-    )
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
 
 
 def describe_trainable(model: torch.nn.Module) -> str:
     """Trainable parameter counts per top-level part (LoRA counted apart)."""
     groups: dict[str, list[int]] = {}
-    total = trainable = 0
     for name, p in model.named_parameters():
-        part = name.split(".")[0] + (".lora" if "lora_" in name else "")
-        g = groups.setdefault(part, [0, 0])
+        g = groups.setdefault(name.split(".")[0] + (".lora" if "lora_" in name else ""), [0, 0])
+        g[0] += p.numel() if p.requires_grad else 0
         g[1] += p.numel()
-        total += p.numel()
-        if p.requires_grad:
-            g[0] += p.numel()
-            trainable += p.numel()
+    total, trainable = count_params(model), count_params(model, trainable_only=True)
     lines = [f"trainable {count(trainable)} of {count(total)} parameters:"]
     for part, (t, n) in groups.items():
-        lines.append(
-            f"  {part:<24} {'train' if t else 'frozen':<6} {count(t) if t else count(n):>10}"
-        )
+        lines.append(f"  {part:<24} {'train' if t else 'frozen':<6} {count(t) if t else count(n):>10}")
     return "\n".join(lines)
 
 
@@ -260,29 +170,7 @@ def trainable_state(model: torch.nn.Module) -> dict:
 
 
 def batch_to(batch: dict, device: str) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
-
-
-class EpochLoader:
-    """Batches of `make_epoch(epoch, start)` behind data.Loader's interface: iterating gives
-    one epoch, from the recorded position on; state_dict() says where it is (stage 0)."""
-
-    def __init__(self, make_epoch):
-        self.make_epoch, self.epoch, self.batches = make_epoch, 0, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_consumed": self.batches}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batches = state["epoch"], state["batches_consumed"]
-
-    def __iter__(self):
-        for batch in self.make_epoch(self.epoch, self.batches):
-            self.batches += 1
-            yield batch
-        self.epoch, self.batches = self.epoch + 1, 0
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def forever(loader):
@@ -295,11 +183,6 @@ def forever(loader):
             yield batch
         empty = empty + 1 if n == 0 else 0
     raise SystemExit("the training data yielded no batch: check --data and the filters")
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross entropy in float32; labels already shifted (-100 = ignored)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_ID)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -326,8 +209,9 @@ def evaluate(model, step_fn, dev_batches, n_batches: int, device: str, autocast,
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device: str,
-               rank: int = 0, world: int = 1) -> dict:  # fmt: skip
+def train_loop(
+    args, model, step_fn, train_data, make_dev, config: dict, device: str, rank: int = 0, world: int = 1
+) -> dict:
     """The training run itself. `step_fn(model, batch) -> (mean loss, n target tokens)`;
     `train_data`: this rank's batches, one epoch per iteration, with state_dict() /
     load_state_dict() (a data.Loader or an EpochLoader); `make_dev()`: an iterable of dev
@@ -335,9 +219,7 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
     out = Path(args.out)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=args.weight_decay
-    )
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=args.weight_decay)
     step, bad = 0, 0
     if args.resume:
         ckpt = find_checkpoint(Path(args.resume) if args.resume != "latest" else out)
@@ -373,8 +255,7 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
     write = bar.write if rank == 0 else lambda line: None  # tqdm.write ignores `disable`
     history, dev_history = [], []
     if args.eval_every and step == 0:  # where the run starts from
-        dev_history.append((0, evaluate(model, step_fn, make_dev(), args.eval_batches, device,
-                                        autocast, world)))  # fmt: skip
+        dev_history.append((0, evaluate(model, step_fn, make_dev(), args.eval_batches, device, autocast, world)))
         write(f"step 0: dev loss {dev_history[-1][1]:.4f}")
     model.train()
     while step < args.steps:
@@ -418,13 +299,18 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
             opt.zero_grad(set_to_none=True)
         synchronize(device)
         dt = time.perf_counter() - t0
-        rec = dict(step=step, loss=stats[0].item(), lr=lr, tokens=int(stats[1]), step_time=dt,
-                   grad_norm=norm.item(), skipped=bool(stats[2] > 0))  # fmt: skip
+        rec = dict(
+            step=step,
+            loss=stats[0].item(),
+            lr=lr,
+            tokens=int(stats[1]),
+            step_time=dt,
+            grad_norm=norm.item(),
+            skipped=bool(stats[2] > 0),
+        )
         history.append(rec)
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
-            rec["dev_loss"] = evaluate(
-                model, step_fn, make_dev(), args.eval_batches, device, autocast, world
-            )
+            rec["dev_loss"] = evaluate(model, step_fn, make_dev(), args.eval_batches, device, autocast, world)
             dev_history.append((step, rec["dev_loss"]))
             write(f"step {step}: dev loss {rec['dev_loss']:.4f}")
         if log:
@@ -432,9 +318,13 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
             log.flush()
         bar.update(1)
         if step % args.log_every == 0 or step == args.steps:
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}",
-                            tok_s=f"{rec['tokens'] / dt:.0f}", step=f"{dt * 1e3:.0f}ms",
-                            peak=f"{peak_memory_gb(device):.2f}GB")  # fmt: skip
+            bar.set_postfix(
+                loss=f"{rec['loss']:.3f}",
+                lr=f"{lr:.2e}",
+                tok_s=f"{rec['tokens'] / dt:.0f}",
+                step=f"{dt * 1e3:.0f}ms",
+                peak=f"{peak_memory_gb(device):.2f}GB",
+            )
         if (args.save_every and step % args.save_every == 0) or step == args.steps:
             positions, rngs = [train_data.state_dict()], [rng_state(device)]
             if world > 1:  # every rank's data position and generators, for an exact resume
@@ -442,8 +332,15 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
                 dist.all_gather_object(positions, train_data.state_dict())
                 dist.all_gather_object(rngs, rng_state(device))
             if rank == 0:
-                state = dict(optimizer=opt.state_dict(), step=step, bad_steps=bad, data=positions,
-                             rng=rngs, lr=args.lr, warmup=args.warmup)  # fmt: skip
+                state = dict(
+                    optimizer=opt.state_dict(),
+                    step=step,
+                    bad_steps=bad,
+                    data=positions,
+                    rng=rngs,
+                    lr=args.lr,
+                    warmup=args.warmup,
+                )
                 save_checkpoint(out, step, trainable_state(model), config, state, args.keep)
     bar.close()
     if log:
@@ -457,8 +354,7 @@ def train_loop(args, model, step_fn, train_data, make_dev, config: dict, device:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=f"Optimisation defaults: the release's {RELEASE}; for the toy preset "
-        f"{TOY_COMMON} with per stage {TOY}.",
+        epilog=f"Optimisation defaults: the release's {RELEASE}; for the toy preset {TOY_COMMON} with per stage {TOY}.",
     )
     p.add_argument(
         "--stage",
@@ -479,8 +375,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="run folder (default runs/<preset>/stage<N>)")
     p.add_argument(
         "--init",
-        help="I-OSUM-Pangu checkpoint folder to start from "
-        "(default: runs/<preset>/stage<N-1>/final)",
+        help="I-OSUM-Pangu checkpoint folder to start from (default: runs/<preset>/stage<N-1>/final)",
     )
     p.add_argument("--whisper", help="Whisper encoder weights (any layout of SPEC §3), stage 1")
     p.add_argument("--llm", help="Pangu folder or file (config.json + safetensors), stage 1")
@@ -573,50 +468,28 @@ def speech_step(model, batch):
     return out["loss"], int(out["n_tokens"])
 
 
-def corpus_blocks(
-    lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int
-):
-    """Stage 0 data: every line as BOS + pieces + EOS, concatenated and cut into blocks of
-    block + 1 ids; each epoch shuffles the blocks (seeded by epoch) and deals them to ranks."""
-    ids = []
-    for line in lines:
-        ids += tokenizer.encode(line, bos=True) + [tokenizer.eos_id]
-    n = len(ids) // (block + 1)
-    blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
-    batch = min(batch, n // world)  # a small dev corpus gives smaller batches
-    n_batches = n // max(batch * world, 1)
-    if n_batches == 0:
-        raise SystemExit(f"the corpus has {n} blocks of {block + 1} ids: too few for one batch")
-
-    def epoch_batches(epoch: int, start: int):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        order = order[rank : n_batches * batch * world : world].view(n_batches, batch)
-        for i in range(start, n_batches):
-            yield {"ids": blocks[order[i]]}
-
-    return epoch_batches
-
-
 def build_data(args, tokenizer_file: Path, rank: int, world: int):
     """This rank's training batches (a loader that records its position) and a maker of
     dev-batch iterables. Stage 0 reads the toy corpus; stages 1-3 go through data.py."""
-    if args.stage == 0:
+    if args.stage == 0:  # the toy corpus (a real run starts from openPangu)
         corpus = Path(args.data or Path(args.toy_dir) / "corpus.txt")
-        lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
-        n_dev = max(len(lines) // 20, 1)  # the last 5 % of the lines are the dev set
         tok = PanguTokenizer(tokenizer_file)
-        blocks = dict(tokenizer=tok, block=args.block, batch=args.batch_size, seed=args.seed,
-                      rank=rank, world=world)  # fmt: skip
-        dev = corpus_blocks(lines[-n_dev:], **blocks)
-        return EpochLoader(corpus_blocks(lines[:-n_dev], **blocks)), lambda: dev(0, 0)
-    toy = data.ensure_toy_world(args.toy_dir) if args.data is None else None
-    conf = dict(tokenizer_file=tokenizer_file, stage=args.stage, seed=args.seed, rank=rank,
-                world_size=world, max_frames_in_batch=args.batch_frames,
-                text_batch_size=args.batch_size, text_weight=args.text_weight)  # fmt: skip
-    train_data = data.make_loader(
-        args.data or toy["train"], split="train", num_workers=args.num_workers, **conf
+        return corpus_loaders(corpus, tok, args.block, args.batch_size, args.seed, rank, world)
+    world_paths = toy_paths(args.toy_dir) if args.data is None else None
+    conf = dict(
+        tokenizer_file=tokenizer_file,
+        stage=args.stage,
+        seed=args.seed,
+        rank=rank,
+        world_size=world,
+        max_frames_in_batch=args.batch_frames,
+        text_batch_size=args.batch_size,
+        text_weight=args.text_weight,
     )
-    dev_list = args.dev_data or (toy["dev"] if toy else None)
+    train_data = data.make_loader(
+        args.data or world_paths["train"], split="train", num_workers=args.num_workers, **conf
+    )
+    dev_list = args.dev_data or (world_paths["dev"] if world_paths else None)
     if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
         args.eval_every = 0
@@ -649,34 +522,55 @@ def build_stage1_model(cfg: IOSUMConfig, whisper: str | None, llm: str) -> IOSUM
 def save_final(out: Path, model, tokenizer_file: Path | None) -> Path:
     """The stage's result, what the next stage (or inference) loads: the whole model in our
     format (stage 0: a Pangu folder that `pangu.load_pangu` reads), renamed into place."""
-    final, tmp = out / "final", out / f".final.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(model, Pangu):
-        tmp.mkdir(parents=True)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
-        )
+    if not isinstance(model, Pangu):
+        return model.save_pretrained(out / "final")
+    with atomic_dir(out / "final") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_json(), indent=1) + "\n")
         if tokenizer_file:
-            shutil.copyfile(tokenizer_file, tmp / "tokenizer.model")
-    else:
-        model.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        fsync_file(f)
-    old = out / f".final.old{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+            for f in (tokenizer_file, tokenizer_file.parent / "tokenizer_config.json"):
+                shutil.copyfile(f, tmp / f.name)
+    return out / "final"
+
+
+def missing_toy_stages(args) -> list[int]:
+    """The earlier toy stages, oldest first, that `args.stage` needs and that have no `final/` yet
+    (0 = the toy LLM). A fresh clone's `--stage 3` trains 0, 1 and 2 first."""
+    if args.preset not in TOY_PRESETS or args.init is not None or (args.stage == 1 and args.llm):
+        return []
+    run_dir, missing = Path(args.out).parent, []
+    for s in range(args.stage - 1, -1, -1):
+        if (run_dir / f"stage{s}" / "final").exists():
+            break
+        missing.insert(0, s)
+    return missing
 
 
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> dict:
+    """One stage; in the toy study, the earlier stages it lacks first, each as its own run."""
     args = parse_args(argv)
+    missing = missing_toy_stages(args)
+    if missing and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise SystemExit(f"run toy stage(s) {missing} first (one process), then this")
+    for stage in missing:
+        print(f"{Path(args.out).parent}/stage{args.stage - 1}/final is missing: training toy stage {stage} first")
+        same = {
+            "--preset": args.preset,
+            "--device": args.device,
+            "--precision": args.precision,
+            "--toy-dir": args.toy_dir,
+            "--seed": str(args.seed),
+        }
+        flags = {"--stage": str(stage), "--out": str(Path(args.out).parent / f"stage{stage}"), **same}
+        run(parse_args([x for kv in flags.items() for x in kv]))
+    return run(args)
+
+
+def run(args) -> dict:
+    """Train one stage as `args` says; returns the history, the final folder and the model."""
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(args.device, local_rank)
@@ -688,30 +582,21 @@ def main(argv=None) -> dict:
         f"stage {args.stage}, preset {args.preset}, device {device} x {world}, "
         f"{'bf16 autocast' if use_bf16(device, args.precision) else 'float32'}, out {out}"
     )
-
-    # -- what the run starts from: on a fresh clone the toy data and earlier stages are made
-    if toy and args.data is None:
+    if toy and args.data is None:  # the toy world, made once
         if rank == 0:
-            data.ensure_toy_world(args.toy_dir)
+            ensure_toy_world(args.toy_dir)
         if world > 1:
             dist.barrier()
     prev = out.parent / f"stage{args.stage - 1}" / "final"  # runs/<preset>/stage<N-1>/final
     needs_prev = args.stage > 0 and args.init is None and (args.stage > 1 or args.llm is None)
     if needs_prev and not prev.exists():
-        if not toy:
-            raise SystemExit(
-                f"stage {args.stage} starts from {prev}, which does not exist: "
-                "run the previous stage, or pass --init (stage 1: --llm)"
-            )
-        say(f"{prev} is missing: training toy stage {args.stage - 1} first")
-        if world > 1:
-            raise SystemExit(f"run toy stage {args.stage - 1} first (one process), then this")
-        main(["--stage", str(args.stage - 1), "--preset", args.preset, "--out", str(prev.parent),
-              "--device", args.device, "--precision", args.precision, "--toy-dir", args.toy_dir,
-              "--seed", str(args.seed)])  # fmt: skip
+        raise SystemExit(
+            f"stage {args.stage} starts from {prev}, which does not exist: "
+            "run the previous stage, or pass --init (stage 1: --llm)"
+        )
     tokenizer_file = Path(args.tokenizer) if args.tokenizer else None
     if tokenizer_file is None and toy:
-        tokenizer_file = Path(args.toy_dir) / "tokenizer.model"
+        tokenizer_file = toy_paths(args.toy_dir)["tokenizer"]
 
     # -- model (same seed on every rank; DDP also broadcasts rank 0's weights)
     torch.manual_seed(args.seed)
@@ -731,8 +616,7 @@ def main(argv=None) -> dict:
         else:
             # float32 first: the trained parts keep their precision; the frozen ones go to
             # bf16 below (a 7 B model passes through 32 GB of host memory once)
-            model = IOSUMPangu.from_pretrained(args.init or prev, dtype=torch.float32,
-                                               verbose=rank == 0)  # fmt: skip
+            model = IOSUMPangu.from_pretrained(args.init or prev, dtype=torch.float32, verbose=rank == 0)
             say(f"starting from {args.init or prev}")
         if tokenizer_file is None:
             tokenizer_file = model.tokenizer_file

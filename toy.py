@@ -1,0 +1,613 @@
+"""The toy world: a small synthetic speech corpus, written in the release's WeNet formats.
+
+A "language" of 20 tone-pattern words whose every task (SPEC §8) has an acoustic cue a tiny model
+learns on a laptop CPU in minutes, with held-out speakers and held-out instruction phrasings for
+dev and test. It only *writes* files (FLAC shards, raw lists + wav, a sentencepiece tokenizer, the
+stage-0 text corpus); `data.py` reads them like any other corpus. Students edit the cues here to
+study what the model learns. `python toy.py` builds it and prints a summary.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from model import PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
+from tasks import CLAUSES, FRAMES, INTENT_ASK, LABELS, TAGS, TASK_COMBOS, instruction_bank, intent_samples, make_target
+from whisper_enc import SAMPLE_RATE
+
+# A synthetic "language" a tiny model can learn on a CPU in minutes. Each word is two vowel-like
+# syllables (harmonics of the speaker's pitch shaped by two formant peaks, like vowels, so the
+# word does not depend on the pitch); every label has an acoustic cue of its own:
+#   gender  <- pitch register (male 100-125 Hz, female 200-240 Hz)
+#   age     <- speaking rate + voice quality (child fast; old slow with tremor and breath noise)
+#   emotion <- pitch contour and energy within words (flat / rising / falling+quiet / peaked+loud)
+#   style   <- pause rhythm between words (short / long / short-long alternation / medium)
+#   event   <- a non-speech sound after the speech (noise bursts shaped per event)
+#   chat    <- spoken arithmetic "what is three plus four" -> "seven"
+# Label subsets (of SPEC §8's): events laugh/cough/sneeze/sigh, emotions neutral/happy/sad/angry,
+# styles news-science/fairy-tale/poetry-prose/daily-conversation; gender and age complete.
+TOY_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "plus",
+    "minus",
+    "what",
+    "is",
+    "hello",
+    "good",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+)
+TOY_VOWELS = ((280, 2250), (480, 1750), (780, 1250), (520, 880), (300, 640), (380, 1450))  # F1, F2
+TOY_WORD_VOWELS = [(a, (a + k) % 6) for k in (1, 2, 3, 4) for a in range(6)][: len(TOY_WORDS)]
+TOY_LABELS = {
+    "<caption>": ("<LAUGH>", "<COUGH>", "<SNEEZE>", "<SIGH>"),
+    "<emotion>": ("<NEUTRAL>", "<HAPPY>", "<SAD>", "<ANGRY>"),
+    "<style>": ("<NEWS_SCIENCE>", "<FAIRY_TALE>", "<POETRY_PROSE>", "<DAILY_CONVERSATION>"),
+    "<gender>": ("<MALE>", "<FEMALE>"),
+    "<age>": ("<CHILD>", "<ADULT>", "<OLD>"),
+}
+# The task names the toy lists carry (the data's upper-case names, SPEC §10).
+TOY_TASK_NAMES = {
+    ("<asr>",): "<TRANSCRIBE>",
+    ("<asr>", "<align>"): "<ALIGN>",
+    ("<caption>",): "<CAPTION>",
+    ("<emotion>",): "<EMOTION>",
+    ("<style>",): "<STYLE>",
+    ("<gender>",): "<GENDER>",
+    ("<age>",): "<AGE>",
+    ("<chat>",): "<S2TCHAT>",
+    ("<asr>", "<caption>"): "<TRANSCRIBE> <CAPTION>",
+    ("<asr>", "<emotion>"): "<TRANSCRIBE> <EMOTION>",
+    ("<asr>", "<style>"): "<TRANSCRIBE> <STYLE>",
+    ("<asr>", "<gender>"): "<TRANSCRIBE> <GENDER>",
+    ("<asr>", "<age>"): "<TRANSCRIBE> <AGE>",
+}
+TOY_SYLLABLE = {"<CHILD>": (0.055, 0.07), "<ADULT>": (0.085, 0.10), "<OLD>": (0.12, 0.14)}  # s
+TOY_CONTOUR = {  # pitch factor at (start, middle, end) of a word; gain in dB
+    "<NEUTRAL>": ((1.0, 1.0, 1.0), 0.0),
+    "<HAPPY>": ((0.95, 1.1, 1.25), 2.0),
+    "<SAD>": ((1.05, 0.93, 0.82), -8.0),
+    "<ANGRY>": ((1.0, 1.2, 1.0), 6.0),
+}
+TOY_GAPS = {  # pause after word i (s): (short, long) ranges; poetry alternates
+    "<NEWS_SCIENCE>": (0.02, 0.04),
+    "<FAIRY_TALE>": (0.22, 0.28),
+    "<DAILY_CONVERSATION>": (0.09, 0.13),
+    "<POETRY_PROSE>": None,
+}
+TOY_SPEAKERS_PER_CLASS = 6  # per (gender, age); the last one is held out for dev and test
+TOY_DIGITS = TOY_WORDS[:10]
+
+
+def _fade(n: int, ms: float = 10.0) -> np.ndarray:
+    r = min(int(ms * SAMPLE_RATE / 1000), n // 2)
+    w = np.ones(n, np.float32)
+    if r:
+        ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(r) / r)).astype(np.float32)
+        w[:r], w[n - r :] = ramp, ramp[::-1]
+    return w
+
+
+def _syllable(dur: float, f0: tuple[float, float], formants, tremor: float) -> np.ndarray:
+    """A vowel: harmonics of a gliding f0 weighted by two formant peaks, via one wavetable."""
+    n = int(dur * SAMPLE_RATE)
+    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    pitch = np.linspace(f0[0], f0[1], n) * (1 + tremor * np.sin(2 * np.pi * 6.0 * t))  # (n,)
+    mean = float(pitch.mean())
+    k = np.arange(1, int(4000 / mean) + 1)  # harmonics below 4 kHz
+    hz = k * mean
+    env = sum(a * np.exp(-0.5 * ((hz - f) / 90.0) ** 2) for f, a in zip(formants, (1.0, 0.7)))
+    amp = (env + 0.03) / np.sqrt(k)
+    grid = np.arange(1024) / 1024
+    table = (amp[:, None] * np.sin(2 * np.pi * k[:, None] * grid[None])).sum(0)  # one period
+    table /= np.abs(table).max()
+    phase = np.cumsum(pitch) / SAMPLE_RATE * 1024  # (n,) table position
+    i = phase.astype(np.int64)
+    frac = phase - i
+    y = table[i % 1024] * (1 - frac) + table[(i + 1) % 1024] * frac
+    return (y * _fade(n)).astype(np.float32)
+
+
+def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spec[(f < lo) | (f > hi)] = 0
+    y = np.fft.irfft(spec, n)
+    return (y / (np.abs(y).max() + 1e-9)).astype(np.float32)
+
+
+def _event(rng: np.random.Generator, label: str) -> np.ndarray:
+    """A non-speech sound: laugh (4 quick mid-band bursts), cough (2 sharp broadband bursts),
+    sneeze (a rising 'ah' then high hiss), sigh (long low breath)."""
+    S = SAMPLE_RATE
+    if label == "<LAUGH>":
+        out = np.zeros(int(0.56 * S), np.float32)
+        for j in range(4):
+            b = _band_noise(rng, int(0.06 * S), 700, 2500) * _fade(int(0.06 * S), 8)
+            out[int(j * 0.14 * S) : int(j * 0.14 * S) + len(b)] += b
+        return 0.5 * out
+    if label == "<COUGH>":
+        out = np.zeros(int(0.35 * S), np.float32)
+        for j in range(2):
+            n = int(0.1 * S)
+            b = _band_noise(rng, n, 200, 5000) * np.exp(-np.arange(n) / (0.03 * S)) * _fade(n, 3)
+            out[int(j * 0.25 * S) : int(j * 0.25 * S) + n] += b.astype(np.float32)
+        return 0.8 * out
+    if label == "<SNEEZE>":
+        ah = _syllable(0.12, (180, 290), TOY_VOWELS[2], 0.0)
+        hiss = _band_noise(rng, int(0.15 * S), 4000, 7500) * _fade(int(0.15 * S), 5)
+        return np.concatenate([0.4 * ah, 0.7 * hiss])
+    n = int(0.5 * S)  # <SIGH>
+    return 0.35 * _band_noise(rng, n, 150, 1200) * np.sin(np.pi * np.arange(n) / n).astype(np.float32)
+
+
+def _toy_speech(
+    rng: np.random.Generator,
+    words: list[str],
+    f0: float,
+    age: str,
+    emotion: str,
+    style: str,
+    event: str | None,
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Render words -> (audio (N,) float32, [(start, end) s per word])."""
+    S = SAMPLE_RATE
+    contour, gain_db = TOY_CONTOUR[emotion]
+    tremor = 0.05 if age == "<OLD>" else 0.0
+    parts = [np.zeros(int(rng.uniform(0.05, 0.15) * S), np.float32)]
+    pos, times = len(parts[0]), []
+    for i, word in enumerate(words):
+        start = pos
+        for j, v in enumerate(TOY_WORD_VOWELS[TOY_WORDS.index(word)]):
+            dur = rng.uniform(*TOY_SYLLABLE[age])
+            syl = _syllable(dur, (f0 * contour[j], f0 * contour[j + 1]), TOY_VOWELS[v], tremor)
+            if age == "<OLD>":  # breathy voice
+                syl = syl + 0.08 * _band_noise(rng, len(syl), 300, 3500) * _fade(len(syl))
+            parts.append(syl)
+            pos += len(syl)
+        times.append((start / S, pos / S))
+        if i < len(words) - 1:
+            gap = TOY_GAPS[style] or ((0.02, 0.04) if i % 2 == 0 else (0.22, 0.28))
+            parts.append(np.zeros(int(rng.uniform(*gap) * S), np.float32))
+            pos += len(parts[-1])
+    speech = np.concatenate(parts) * (0.3 * 10 ** (gain_db / 20))
+    tail = [np.zeros(int(rng.uniform(0.08, 0.12) * S), np.float32), _event(rng, event)] if event else []
+    tail.append(np.zeros(int(rng.uniform(0.05, 0.12) * S), np.float32))
+    audio = np.concatenate([speech.astype(np.float32), *tail])
+    audio += rng.normal(0, 3e-5, len(audio)).astype(np.float32)
+    return np.clip(audio, -0.99, 0.99), times
+
+
+def _toy_speakers(rng: np.random.Generator) -> list[dict]:
+    out = []
+    for g, (lo, hi) in (("<MALE>", (100, 125)), ("<FEMALE>", (200, 240))):
+        for age in TOY_LABELS["<age>"]:
+            f0s = np.linspace(lo, hi, TOY_SPEAKERS_PER_CLASS) * rng.uniform(0.98, 1.02)
+            for j, f0 in enumerate(rng.permutation(f0s)):
+                out.append(
+                    {
+                        "id": f"spk{len(out):02d}",
+                        "gender": g,
+                        "age": age,
+                        "f0": round(float(f0), 1),
+                        "heldout": j == TOY_SPEAKERS_PER_CLASS - 1,
+                    }
+                )
+    return out
+
+
+def _toy_question(rng: np.random.Generator) -> tuple[list[str], str]:
+    """'what is three plus four' -> 'seven' (results stay within 0-9)."""
+    a, b = (int(x) for x in rng.integers(0, 10, 2))
+    if rng.random() < 0.5 and a + b <= 9:
+        return ["what", "is", TOY_DIGITS[a], "plus", TOY_DIGITS[b]], TOY_DIGITS[a + b]
+    a, b = max(a, b), min(a, b)
+    return ["what", "is", TOY_DIGITS[a], "minus", TOY_DIGITS[b]], TOY_DIGITS[a - b]
+
+
+def _toy_utterances(rng: np.random.Generator, split: str, n_per_task: int, speakers) -> list:
+    """Specs (not audio) of one split: every task combo n_per_task times, its labels balanced
+    (cycled in a shuffled order); the other attributes drawn at random."""
+    pool = [s for s in speakers if s["heldout"] == (split != "train")]
+    specs = []
+    cycles = {tags: rng.permutation(n_per_task) for tags in TASK_COMBOS}
+    for i in range(n_per_task):
+        for tags in TASK_COMBOS:
+            attrs = {
+                t: TOY_LABELS[t][int(rng.integers(len(TOY_LABELS[t])))]
+                for t in ("<emotion>", "<style>", "<gender>", "<age>")
+            }
+            attrs["<caption>"] = None
+            for t in tags:
+                if t in TOY_LABELS:
+                    attrs[t] = TOY_LABELS[t][int(cycles[tags][i]) % len(TOY_LABELS[t])]
+            spk = [s for s in pool if s["gender"] == attrs["<gender>"] and s["age"] == attrs["<age>"]]
+            spk = spk[int(rng.integers(len(spk)))]
+            if tags == ("<chat>",):
+                words, answer = _toy_question(rng)
+            else:
+                words = [TOY_WORDS[int(j)] for j in rng.integers(0, len(TOY_WORDS), rng.integers(3, 5))]
+                answer = None
+            specs.append(
+                {
+                    "key": f"toy_{split}_{len(specs):05d}",
+                    "tags": tags,
+                    "attrs": attrs,
+                    "speaker": spk,
+                    "words": words,
+                    "answer": answer,
+                }
+            )
+    return specs
+
+
+def _toy_text(spec: dict, times) -> str:
+    """The data's `txt` for a spec: transcript (or stamps, or answer) then labels."""
+    tags, attrs = spec["tags"], spec["attrs"]
+    if tags == ("<chat>",):
+        return spec["answer"]
+    if "<align>" in tags:
+        return " ".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(spec["words"], times))
+    body = " ".join(spec["words"]) if "<asr>" in tags else ""
+    return body + "".join(attrs[t] for t in tags if t in TOY_LABELS)
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _audio_bytes(audio: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _tokenizer_symbols() -> list[str]:
+    """User-defined pieces: Pangu's specials (ids 3..38), then tags and labels, one token each."""
+    specials = ["<|User|>:", "<|Bot|>:"] + [f"[unused{i}]" for i in range(34)]
+    labels = [lab for labs in LABELS.values() for lab in labs]
+    return specials + list(TAGS) + list(dict.fromkeys(labels))
+
+
+def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) -> None:
+    """A toy sentencepiece model with openPangu's options (BPE, byte fallback, split digits, no
+    normaliser), and beside it `tokenizer_config.json` naming its added pieces as the release's does
+    (`added_tokens_decoder`): <unk>, <s>, </s> and the user-defined pieces."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        user_defined_symbols=_tokenizer_symbols(),
+        num_threads=1,
+        shuffle_input_sentence=False,
+        input_sentence_size=0,
+        max_sentence_length=8192,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    added = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
+    added += [sp.piece_to_id(s) for s in _tokenizer_symbols()]
+    table = {str(i): {"content": sp.id_to_piece(i), "special": True} for i in sorted(added)}
+    config = {"tokenizer_class": "PanguTokenizer (toy)", "added_tokens_decoder": table}
+    (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+
+
+TOY_VERSION = 2  # 2: tokenizer_config.json, train.json
+
+
+def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
+    return {
+        "version": TOY_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_dev": n_dev,
+        "n_test": n_test,
+        "n_shards": n_shards,
+    }
+
+
+def toy_paths(root: Path) -> dict[str, Path]:
+    return {
+        "root": root,
+        "tokenizer": root / "tokenizer.model",
+        "corpus": root / "corpus.txt",
+        "train": root / "train" / "shards_list.txt",
+        "train_mix": root / "train.json",
+        "dev": root / "dev" / "data.list",
+        "test": root / "test" / "data.list",
+        "index": root / "toy_world.json",
+    }
+
+
+def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Generator, n_shards: int) -> dict:
+    """Render and write one split; returns its summary and (train) the targets of its samples.
+
+    train: `shards_list.txt` + tars (KEY.flac/.txt/.task/.lang/.speaker/.emotion/.gender/
+    .duration/.extra, 16 kHz PCM16 in FLAC to keep it small); dev and test: raw `data.list` +
+    `wav/*.wav` (PCM16); test lines carry a held-out instruction in `extra.instruction`."""
+    folder = root / split
+    (folder / "wav").mkdir(parents=True, exist_ok=True)
+    tars = []
+    if split == "train":
+        tars = [tarfile.open(folder / f"shards_{i:06d}.tar", "w", format=tarfile.GNU_FORMAT) for i in range(n_shards)]
+    lines, targets, seconds, labels = [], [], 0.0, Counter()
+    for i, spec in enumerate(specs):
+        a, spk = spec["attrs"], spec["speaker"]
+        audio, times = _toy_speech(
+            rng, spec["words"], spk["f0"], a["<age>"], a["<emotion>"], a["<style>"], a["<caption>"]
+        )
+        txt = _toy_text(spec, times)
+        task = TOY_TASK_NAMES[spec["tags"]]
+        extra = {
+            "speaker": spk["id"],
+            "gender": a["<gender>"],
+            "age": a["<age>"],
+            "emotion": a["<emotion>"],
+            "style": a["<style>"],
+            "event": a["<caption>"] or "none",
+            "words": spec["words"],
+            "times": [[round(s, 3), round(e, 3)] for s, e in times],
+        }
+        if spec["answer"]:
+            extra["question"] = " ".join(spec["words"])
+        if split == "test":
+            bank = instruction_bank(spec["tags"])["heldout"]
+            extra["instruction"] = bank[int(rng.integers(len(bank)))]
+        duration = len(audio) / SAMPLE_RATE
+        seconds += duration
+        labels.update(f"{''.join(spec['tags'])} {a[t]}" for t in spec["tags"] if t in TOY_LABELS)
+        targets.append(make_target(spec["tags"], txt, extra))
+        if split == "train":
+            members = {
+                "txt": txt,
+                "flac": _audio_bytes(audio, "flac"),
+                "task": task,
+                "lang": "en",
+                "speaker": spk["id"],
+                "emotion": a["<emotion>"],
+                "gender": a["<gender>"],
+                "duration": f"{duration:.3f}",
+                "extra": json.dumps(extra, ensure_ascii=False),
+            }
+            for ext, value in members.items():
+                data = value.encode("utf-8") if isinstance(value, str) else value
+                _tar_add(tars[i % n_shards], f"{spec['key']}.{ext}", data)
+        else:
+            (folder / "wav" / f"{spec['key']}.wav").write_bytes(_audio_bytes(audio, "wav"))
+            line = {
+                "key": spec["key"],
+                "wav": f"wav/{spec['key']}.wav",
+                "txt": txt,
+                "task": task,
+                "lang": "en",
+                "extra": extra,
+            }
+            lines.append(json.dumps(line, ensure_ascii=False))
+    for tar in tars:
+        tar.close()
+    if split == "train":
+        (folder / "wav").rmdir()
+        lines = [f"shards_{i:06d}.tar" for i in range(n_shards)]
+    list_file = folder / ("shards_list.txt" if split == "train" else "data.list")
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = {"utterances": len(specs), "hours": round(seconds / 3600, 4), "labels": dict(sorted(labels.items()))}
+    return {"summary": summary, "targets": targets}
+
+
+def _corpus(train_targets: list[str], rng: np.random.Generator) -> list[str]:
+    """Stage-0 text for the toy LLM, from the train side only (no held-out instruction in it):
+    the train targets, arithmetic facts, train intents -> tags, random word strings, and the
+    words of every instruction in random order, so that the toy LLM knows the words of a
+    held-out phrasing, as a real LLM does, without seeing the phrasing."""
+    corpus = list(train_targets)
+    for a, b in itertools.product(range(10), repeat=2):
+        if a + b <= 9:
+            corpus.append(f"what is {TOY_DIGITS[a]} plus {TOY_DIGITS[b]} ? {TOY_DIGITS[a + b]}")
+        if a >= b:
+            corpus.append(f"what is {TOY_DIGITS[a]} minus {TOY_DIGITS[b]} ? {TOY_DIGITS[a - b]}")
+    corpus += [f"{s['instruction']} {s['target']}" for s in intent_samples("train")]
+    corpus += [" ".join(rng.choice(TOY_WORDS, int(rng.integers(3, 8)))) for _ in range(1000)]
+    texts = {
+        lang: [s for t in CLAUSES[lang].values() for c in t for s in c]
+        + [re.sub(r"\{[aAbB]\}", " ", f) for n in (1, 2) for c in FRAMES[lang][n] for f in c]
+        for lang in ("en", "zh")
+    }
+    en = sorted({w for s in texts["en"] for w in s.split()})
+    zh = sorted({ch for s in texts["zh"] for ch in s if not ch.isspace()})
+    corpus += [" ".join(rng.choice(en, int(rng.integers(4, 10)))) for _ in range(600)]
+    corpus += ["".join(rng.choice(zh, int(rng.integers(4, 12)))) for _ in range(600)]
+    return [corpus[i] for i in rng.permutation(len(corpus))]
+
+
+def _write_tokenizer(corpus: list[str], folder: Path) -> None:
+    """The toy sentencepiece model, trained on the corpus, the prompts and every label (never a
+    held-out phrasing), and the `tokenizer_config.json` of its added pieces, as the release has."""
+    chatml = pattern1("").split("\n") + PATTERN2.split("\n")  # so the toy prompts are short
+    prompts = [SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE, *chatml]
+    labels = [f"{lab} {lab.strip('<>').lower().replace('_', ' ')}" for labs in LABELS.values() for lab in labs]
+    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels
+    train_toy_tokenizer([t for t in text if t.strip()], folder / "tokenizer.model")
+
+
+def build_toy_world(
+    root: str | Path, seed: int = 1234, n_train: int = 80, n_dev: int = 5, n_test: int = 10, n_shards: int = 8
+) -> dict[str, Path]:
+    """Write the toy world under `root` (overwriting): n_* utterances per task combo per split,
+    `train.json` (a data mix), `corpus.txt` (stage-0 text), the tokenizer and `toy_world.json`."""
+    root = Path(root)
+    paths = toy_paths(root)
+    rng = np.random.default_rng(seed)
+    speakers = _toy_speakers(rng)
+    summary = {"params": _toy_params(seed, n_train, n_dev, n_test, n_shards), "splits": {}}
+    train_targets = []
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        written = _write_split(root, split, _toy_utterances(rng, split, n, speakers), rng, n_shards)
+        summary["splits"][split] = written["summary"]
+        if split == "train":
+            train_targets = written["targets"]
+    mix = {"toy_shards": {"path": "train/shards_list.txt", "weight": 1.0, "type": "shard"}}
+    paths["train_mix"].write_text(json.dumps(mix, indent=1) + "\n", encoding="utf-8")
+    corpus = _corpus(train_targets, rng)
+    paths["corpus"].write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    _write_tokenizer(corpus, root)
+    summary["speakers"] = speakers
+    summary["label_sets"] = {t: list(v) for t, v in TOY_LABELS.items()}
+    summary["corpus_lines"] = len(corpus)
+    paths["index"].write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    return paths
+
+
+def ensure_toy_world(
+    root: str | Path = "toy_data",
+    seed: int = 1234,
+    n_train: int = 80,
+    n_dev: int = 5,
+    n_test: int = 10,
+    n_shards: int = 8,
+) -> dict[str, Path]:
+    """The toy world's paths, building it the first time (and when its parameters changed)."""
+    paths = toy_paths(Path(root))
+    root = Path(root).resolve()  # a link (toy_data -> elsewhere) is rebuilt where it points
+    params = _toy_params(seed, n_train, n_dev, n_test, n_shards)
+    if _toy_params_at(root) == params:
+        return paths
+    if root.exists() and not toy_paths(root)["index"].is_file() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a toy world (no toy_world.json)")
+    print(f"building the toy world in {root} (seed {seed}); this happens once", file=sys.stderr)
+    t0 = time.time()
+    # Built aside and renamed into place, so that processes starting together (DDP ranks,
+    # test workers) never read a half-written world.
+    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
+    build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards)
+    if _toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
+        shutil.rmtree(root)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process got there first with the same world
+        shutil.rmtree(tmp)
+    print(f"toy world ready in {time.time() - t0:.1f} s", file=sys.stderr)
+    return paths
+
+
+def _toy_params_at(root: Path) -> dict | None:
+    index = toy_paths(root)["index"]
+    return json.loads(index.read_text(encoding="utf-8"))["params"] if index.is_file() else None
+
+
+def _print_summary(paths: dict[str, Path]) -> None:
+    index = json.loads(paths["index"].read_text(encoding="utf-8"))
+    size = sum(p.stat().st_size for p in paths["root"].rglob("*") if p.is_file())
+    print(f"toy world at {paths['root']} ({size / 1e6:.1f} MB)")
+    for split, s in index["splits"].items():
+        print(f"  {split:5s} {s['utterances']:5d} utterances, {s['hours'] * 60:.1f} min -> {paths[split]}")
+    print(f"  tokenizer {paths['tokenizer']}, stage-0 corpus {paths['corpus']} ({index['corpus_lines']} lines)")
+    for tag, labels in index["label_sets"].items():
+        print(f"  {tag:10s} {' '.join(labels)}")
+
+
+# ----------------------------------------------------------------------------- stage-0 data
+
+
+class EpochLoader:
+    """Batches of `make_epoch(epoch, start)` behind data.Loader's interface: iterating gives
+    one epoch, from the recorded position on; state_dict() says where it is."""
+
+    def __init__(self, make_epoch):
+        self.make_epoch, self.epoch, self.batches = make_epoch, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_consumed": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batches = state["epoch"], state["batches_consumed"]
+
+    def __iter__(self):
+        for batch in self.make_epoch(self.epoch, self.batches):
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+
+def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
+    """Stage 0 data: every line as BOS + pieces + EOS, concatenated and cut into blocks of
+    block + 1 ids; each epoch shuffles the blocks (seeded by epoch) and deals them to ranks."""
+    ids = []
+    for line in lines:
+        ids += tokenizer.encode(line, bos=True) + [tokenizer.eos_id]
+    n = len(ids) // (block + 1)
+    blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
+    batch = min(batch, n // world)  # a small dev corpus gives smaller batches
+    n_batches = n // max(batch * world, 1)
+    if n_batches == 0:
+        raise SystemExit(f"the corpus has {n} blocks of {block + 1} ids: too few for one batch")
+
+    def epoch_batches(epoch: int, start: int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        order = order[rank : n_batches * batch * world : world].view(n_batches, batch)
+        for i in range(start, n_batches):
+            yield {"ids": blocks[order[i]]}
+
+    return epoch_batches
+
+
+def corpus_loaders(corpus: Path, tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
+    """(train loader, maker of dev batches) over the stage-0 corpus: its last 5 % of lines are dev."""
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    n_dev = max(len(lines) // 20, 1)
+    blocks = dict(tokenizer=tokenizer, block=block, batch=batch, seed=seed, rank=rank, world=world)
+    dev = corpus_blocks(lines[-n_dev:], **blocks)
+    return EpochLoader(corpus_blocks(lines[:-n_dev], **blocks)), lambda: dev(0, 0)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the toy world (default) and summarise it.")
+    parser.add_argument("command", nargs="?", default="toy", choices=["toy"])
+    parser.add_argument("--root", default="toy_data")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    _print_summary(ensure_toy_world(args.root, seed=args.seed))
