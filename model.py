@@ -24,7 +24,8 @@ from torch import nn
 
 import pangu
 from adapter import Adapter, AdapterConfig, adapter_state_dict
-from pangu import IGNORE_ID, Pangu, PanguConfig, PanguTokenizer, apply_lora, lm_loss, pangu_state_dict
+from pangu import IGNORE_ID, Pangu, PanguConfig, apply_lora, lm_loss, pangu_state_dict
+from tokenizer import PanguTokenizer
 from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whisper_state_dict
 
 UNK_LABEL_ID = 7672  # the "&&" piece: the release embeds it as id 0 and gives it no loss

@@ -3,8 +3,9 @@
 A Llama-shaped decoder (RMSNorm, RoPE, GQA attention with q/k/v/o biases, SwiGLU MLP, untied
 head) that computes the same function as openPangu's `modeling_openpangu_dense.py` and as
 `transformers.LlamaForCausalLM(attention_bias=True, mlp_bias=False, rope_theta=1.6e7)`.
-Also here: a pre-allocated KV cache and batched decoding, LoRA (as the release trains it with
-peft), strict loading of Hugging Face / peft checkpoints, and openPangu's sentencepiece tokenizer.
+Also here: the loss, a pre-allocated KV cache and batched decoding, LoRA (as the release trains it
+with peft) and strict loading of Hugging Face / peft checkpoints. Its tokenizer is tokenizer.py, its
+faster CPU decoding cpu_decode.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from checkpoint import load_strict, read_tensors
+from tokenizer import PanguTokenizer  # noqa: F401  (transition: data.py / train.py; removed next)
 
 BOS_ID = 1  # <s>
 EOS_ID = 45892  # [unused10]: the release stops generation here
@@ -51,9 +55,7 @@ class PanguConfig:
         if self.head_dim == 0:
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
-            )
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> PanguConfig:
@@ -89,25 +91,31 @@ class PanguConfig:
     def to_json(self) -> dict:
         """The config.json fields of openPangu (what `from_json` reads back)."""
         return dict(
-            vocab_size=self.vocab_size, hidden_size=self.dim, num_hidden_layers=self.n_layers,
-            num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
-            intermediate_size=self.intermediate_size, rope_theta=self.rope_theta,
-            rms_norm_eps=self.norm_eps, bias=self.bias, bos_token_id=self.bos_id,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id, head_dim=self.head_dim,
-        )  # fmt: skip
+            vocab_size=self.vocab_size,
+            hidden_size=self.dim,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads,
+            intermediate_size=self.intermediate_size,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps,
+            bias=self.bias,
+            bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            head_dim=self.head_dim,
+        )
 
 
 PRESETS = {
     # openPangu-Embedded-7B-V1.1 config.json (SPEC §5): 8.03 B parameters, 6.77 B without
     # the embedding and the head.
     "pangu-7b": dict(),
-    # the toy study (contract): 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.
-    "toy": dict(vocab_size=1024, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                intermediate_size=688, eos_id=15),
-    # unit tests: the dims of shared/reference (eos stand-in 511 = vocab - 1), 0.15 M.
-    "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                 intermediate_size=160, eos_id=511),
-}  # fmt: skip
+    # the toy study: 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.
+    "toy": dict(vocab_size=1024, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=688, eos_id=15),
+    # unit tests: the dims of tests/fixtures/reference (eos stand-in 511 = vocab - 1), 0.15 M.
+    "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=160, eos_id=511),
+}
 
 
 # ----------------------------------------------------------------------------- modules
@@ -245,12 +253,11 @@ class Pangu(nn.Module):
         """One KVCache per layer, on the device and in the dtype of the weights."""
         like = self.model.embed_tokens.weight  # (lm_head may be a PackedLinear)
         c = self.cfg
-        return nn.ModuleList(
-            KVCache(batch, max_len, c.n_kv_heads, c.head_dim, like) for _ in range(c.n_layers)
-        )
+        return nn.ModuleList(KVCache(batch, max_len, c.n_kv_heads, c.head_dim, like) for _ in range(c.n_layers))
 
-    def hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-               cache=None, cache_pos=None):  # fmt: skip
+    def hidden(
+        self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None, cache_pos=None
+    ):
         """Final-norm hidden states (B, L, dim); see `forward`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -262,9 +269,7 @@ class Pangu(nn.Module):
             position_ids = torch.arange(L, device=x.device).expand(B, L)
         if cache_pos is None:  # the new tokens go to slots 0..L-1 (no cache: are the sequence)
             cache_pos = torch.arange(L, device=x.device)
-        if cache is not None and (
-            attention_mask is None or attention_mask.shape[1] != cache[0].k.shape[2]
-        ):
+        if cache is not None and (attention_mask is None or attention_mask.shape[1] != cache[0].k.shape[2]):
             raise ValueError("with a cache, attention_mask (B, max_len) must cover the whole cache")
         mask = None if attention_mask is None else attention_mask_4d(attention_mask, cache_pos)
         cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
@@ -276,8 +281,9 @@ class Pangu(nn.Module):
                 x = layer(x, cos, sin, mask, c, cache_pos)
         return self.model.norm(x)
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                cache=None, cache_pos=None):  # fmt: skip
+    def forward(
+        self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None, cache_pos=None
+    ):
         """Logits (B, L, vocab).
 
         input_ids (B, L) or inputs_embeds (B, L, dim); attention_mask (B, L) with 1 for real
@@ -338,8 +344,9 @@ class LoRALinear(nn.Module):
         return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
 
-def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-               targets: Iterable[str] = LORA_TARGETS) -> nn.Module:  # fmt: skip
+def apply_lora(
+    model: nn.Module, r: int, alpha: float, dropout: float = 0.0, targets: Iterable[str] = LORA_TARGETS
+) -> nn.Module:
     """Wrap every nn.Linear named like a target; afterwards only LoRA weights are trainable."""
     targets = tuple(targets)
     for p in model.parameters():
@@ -373,64 +380,6 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
 
 
-# ----------------------------------------------------------------------------- CPU decoding
-
-
-class PackedLinear(nn.Module):
-    """nn.Linear for inference on the CPU, its weight re-laid out once by oneDNN.
-
-    A decode step multiplies a few rows (one per sequence) by every weight matrix. For 8 rows
-    times the MLP and head matrices, F.linear (MKL) took about 1.8x as long here as oneDNN's
-    product with the weight packed ahead of time into its blocked layout (AMD EPYC, float32),
-    and packing once costs nothing per step when the same weights serve every step. These are
-    the two ops that `torch.compile` emits for packed bfloat16 linears; they live in
-    `torch.ops.mkldnn`, not in a documented API. The weight is kept only in packed form (no
-    second copy); `state_dict` gives it back dense and unchanged.
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        # 1: oneDNN's hint of the rows to expect. On one thread it decoded batch 1 faster than
-        # no hint or 8 did, and batch 8 as fast (within noise on two threads)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
-
-    def forward(self, x):
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.packed.to_dense()  # the original, exactly
-        if self.bias is not None:
-            destination[prefix + "bias"] = self.bias
-
-
-@torch.no_grad()
-def pack_for_cpu(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of a CPU model by a PackedLinear, for faster decoding.
-
-    Inference only, one way, in place: merge LoRA first (`merge_lora`). The logits equal the
-    unpacked model's to float rounding (tests/test_pangu.py), and bench/decode.py measures it.
-    """
-    if not torch.backends.mkldnn.is_available():
-        raise RuntimeError("pack_for_cpu needs PyTorch built with oneDNN (mkldnn)")
-    for dtype in {p.dtype for p in model.parameters()}:  # try a tiny one before changing any
-        try:
-            torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 1)
-        except RuntimeError as e:
-            raise RuntimeError(f"oneDNN cannot pack {dtype} weights on this CPU: {e}") from None
-    for name, m in model.named_modules():  # all checks before the first change
-        if isinstance(m, LoRALinear) and not m.merged:
-            raise ValueError(f"{name} has unmerged LoRA: call merge_lora(model) before packing")
-        if isinstance(m, nn.Linear) and m.weight.device.type != "cpu":
-            raise ValueError(f"{name} is on {m.weight.device}; pack_for_cpu is for the CPU")
-    for name, m in list(model.named_modules()):
-        parent, _, child = name.rpartition(".")
-        if isinstance(m, nn.Linear) and child not in ("lora_A", "lora_B"):  # (merged: unused)
-            setattr(model.get_submodule(parent), child, PackedLinear(m))
-    return model
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -461,25 +410,29 @@ def apply_repetition_penalty(logits, seen, penalty: float):
 def decode_step(model: Pangu, token, mask, position_ids, cache, slot):
     """Logits (B, V) of one new token per row (B, 1) written to cache slot (1,). Its shapes
     are the same at every step, so it can be wrapped in torch.compile (see bench/decode.py)."""
-    return model(input_ids=token, attention_mask=mask, position_ids=position_ids, cache=cache,
-                 cache_pos=slot)[:, -1]  # fmt: skip
+    return model(input_ids=token, attention_mask=mask, position_ids=position_ids, cache=cache, cache_pos=slot)[:, -1]
 
 
 @torch.no_grad()
-def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
-             eos_id: int | Iterable[int], repetition_penalty: float = 1.0,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             generator=None, step_fn=decode_step,
-             cache: nn.ModuleList | None = None) -> list[list[int]]:  # fmt: skip
+def generate(
+    model: Pangu,
+    inputs_embeds,
+    attention_mask,
+    max_new_tokens: int,
+    eos_id: int | Iterable[int],
+    repetition_penalty: float = 1.0,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator=None,
+) -> list[list[int]]:
     """Batched decoding after a prompt of embeddings.
 
     inputs_embeds (B, L, dim) and attention_mask (B, L) may have pads anywhere. Positions
     are cumsum(mask) - 1 (pads 1), new tokens continue each row at its last position + 1,
     and the next token of a row is read at its last real prompt position. The repetition
     penalty sees generated tokens only (the prompt is embeddings, as in the release). Each
-    row stops at its first id in eos_id, which is not returned. step_fn: `decode_step` or
-    a compiled version of it; cache: a `make_cache(B, >= L + max_new_tokens)` to reuse (a
-    compiled step is specialised on the cache object, so reuse avoids recompiling).
+    row stops at its first id in eos_id, which is not returned.
     """
     B, L, _ = inputs_embeds.shape
     device = inputs_embeds.device
@@ -487,11 +440,8 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
     prompt_mask = attention_mask.bool()  # (B, L)
     if not prompt_mask.any(-1).all():
         raise ValueError("a prompt row has no real token (attention_mask all zero)")
-    if cache is None:
-        cache = model.make_cache(B, L + max_new_tokens)
-    S = cache[0].k.shape[2]
-    if cache[0].k.shape[0] != B or S < L + max_new_tokens:
-        raise ValueError(f"cache {tuple(cache[0].k.shape)} is too small for B {B}, L + new {S}")
+    S = L + max_new_tokens
+    cache = model.make_cache(B, S)
     mask = torch.zeros(B, S, dtype=torch.bool, device=device)
     mask[:, :L] = prompt_mask
     position_ids = prompt_mask.long().cumsum(-1) - 1  # (B, L)
@@ -499,8 +449,7 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
     next_pos = prompt_mask.sum(-1, keepdim=True)  # (B, 1): last position + 1
     last = L - 1 - prompt_mask.flip(-1).int().argmax(-1)  # (B,) index of the last real token
 
-    h = model.hidden(inputs_embeds=inputs_embeds, attention_mask=mask,
-                     position_ids=position_ids, cache=cache)  # fmt: skip
+    h = model.hidden(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, cache=cache)
     logits = model.lm_head(h[torch.arange(B, device=device), last])  # (B, V)
 
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
@@ -520,7 +469,7 @@ def generate(model: Pangu, inputs_embeds, attention_mask, max_new_tokens: int,
             break
         seen.scatter_(1, token[:, None], True)
         mask[:, L + step] = True
-        logits = step_fn(model, token[:, None], mask, next_pos + step, cache, slot + step)
+        logits = decode_step(model, token[:, None], mask, next_pos + step, cache, slot + step)
     stops, result = set(eos.tolist()), []
     for row in out[:, :n].tolist():
         cut = next((i for i, t in enumerate(row) if t in stops), len(row))
@@ -568,77 +517,9 @@ def pangu_state_dict(sd: dict) -> dict:
     return out
 
 
-def some_keys(keys: list[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", dtype=None) -> None:
-    """load_state_dict(assign=True) onto a meta-built model after checking names and shapes,
-    naming every mismatch; floating tensors are cast to dtype one by one when it is given.
-    model.py loads the whole I-OSUM-Pangu through this too."""
-    want = model.state_dict()
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    shapes = [
-        f"{k}: {tuple(sd[k].shape)} in the checkpoint, the model wants {tuple(want[k].shape)}"
-        for k in want
-        if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {some_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {some_keys(unexpected)}")
-    if shapes:
-        problems.append("mis-shaped keys: " + "; ".join(shapes[:6]))
-    if problems:
-        raise ValueError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
-    if dtype is not None:
-        for k in sd:
-            if sd[k].is_floating_point() and sd[k].dtype != dtype:
-                sd[k] = sd[k].to(dtype)
-    model.load_state_dict(sd, strict=True, assign=True)
-
-
-def read_weights(path: Path) -> dict:
-    """All tensors of a checkpoint dir (index + shards, or one file) or file, memory-mapped."""
-    from safetensors import safe_open
-
-    def read_safetensors(file):
-        with safe_open(file, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-
-    if path.is_dir():
-        index = path / "model.safetensors.index.json"
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            sd = {}
-            for shard in sorted(set(weight_map.values())):
-                if not (path / shard).exists():
-                    raise FileNotFoundError(f"shard {shard} named in {index} is missing")
-                part = read_safetensors(path / shard)
-                sd.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
-                extra = sorted(set(part) - set(weight_map))
-                if extra:
-                    raise KeyError(f"{path / shard} holds keys not in {index}: {extra[:8]}")
-            absent = sorted(set(weight_map) - set(sd))
-            if absent:
-                raise KeyError(f"keys named in {index} are not in their shard: {absent[:8]}")
-            return sd
-        if (path / "model.safetensors").exists():
-            return read_safetensors(path / "model.safetensors")
-        raise FileNotFoundError(
-            f"{path} has neither model.safetensors.index.json nor model.safetensors"
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-
-
-def load_pangu(path_or_dir: str | Path | dict, cfg: PanguConfig | None = None,
-               lora_alpha: float | None = None) -> Pangu:  # fmt: skip
+def load_pangu(
+    path_or_dir: str | Path | dict, cfg: PanguConfig | None = None, lora_alpha: float | None = None
+) -> Pangu:
     """A Pangu from an HF/openPangu dir (config.json + shards + index), a single file or a
     state dict, built on the meta device and assigned the memory-mapped tensors (strict).
 
@@ -649,7 +530,7 @@ def load_pangu(path_or_dir: str | Path | dict, cfg: PanguConfig | None = None,
         source, sd = "state dict", path_or_dir
     else:
         path = Path(path_or_dir)
-        source, sd = str(path), read_weights(path)
+        source, sd = str(path), read_tensors(path)
         if cfg is None and path.is_dir() and (path / "config.json").exists():
             cfg = PanguConfig.from_json(path / "config.json")
     if cfg is None:
@@ -660,118 +541,10 @@ def load_pangu(path_or_dir: str | Path | dict, cfg: PanguConfig | None = None,
         model = Pangu(cfg)
         if ranks:
             if len(ranks) > 1 or lora_alpha is None:
-                raise ValueError(f"{source} holds LoRA weights of rank {sorted(ranks)}: "
-                                 "pass lora_alpha (one rank expected)")  # fmt: skip
+                raise ValueError(
+                    f"{source} holds LoRA weights of rank {sorted(ranks)}: pass lora_alpha (one rank expected)"
+                )
             targets = {k.split(".")[-3] for k in sd if k.endswith(".lora_A.weight")}
             apply_lora(model, ranks.pop(), lora_alpha, targets=targets)
     load_strict(model, sd, source)
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-
-class PanguTokenizer:
-    """openPangu's slow tokenizer (sentencepiece + added tokens), rule for rule.
-
-    The rules are pinned by shared/reference/tokenizer/README.md: all added tokens are cut
-    out of the text first and each fragment between them is encoded by its own sentencepiece
-    call (so each gets its own dummy-prefix `▁`); decoding drops only <s>, [unused10], <unk>
-    and [PAD], writes other added tokens literally and decodes each run between them with one
-    sentencepiece call. The release adds `[PAD]` with id = vocab size (never embedded).
-    """
-
-    SPECIAL = ("bos", "eos", "unk", "pad")
-
-    def __init__(self, model_file: str | Path, eos_piece: str = "[unused10]"):
-        import sentencepiece as spm
-
-        model_file = Path(model_file)
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
-        self.vocab_size = self.sp.get_piece_size()
-        config = model_file.parent / "tokenizer_config.json"
-        if config.exists():  # the release directory: its added-token table
-            table = json.loads(config.read_text()).get("added_tokens_decoder", {})
-            self.added = {v["content"]: int(k) for k, v in table.items()}
-        else:  # a bare model (the toy one): its user-defined and control pieces, and <unk>
-            types = _piece_types(self.sp.serialized_model_proto())
-            self.added = {self.sp.id_to_piece(i): i for i, t in enumerate(types)
-                          if t in (UNKNOWN, CONTROL, USER_DEFINED)}  # fmt: skip
-        self.bos_id = self.sp.bos_id()
-        self.unk_id = self.sp.unk_id()
-        if eos_piece not in self.added:
-            raise ValueError(f"{model_file}: no added token {eos_piece!r} (the eos)")
-        self.eos_id = self.added[eos_piece]
-        self.pad_id = self.vocab_size  # [PAD], added by the release after loading
-        self.added["[PAD]"] = self.pad_id
-        self.id_to_added = {i: s for s, i in self.added.items()}
-        self.special_ids = {self.bos_id, self.eos_id, self.unk_id, self.pad_id}
-        alternatives = sorted(self.added, key=len, reverse=True)  # longest match first
-        self._split = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
-
-    def encode(self, text: str, bos: bool = True) -> list[int]:
-        """[BOS] + ids (bos=False: the data pipeline's tokenize + convert_tokens_to_ids)."""
-        ids = [self.bos_id] if bos else []
-        for i, fragment in enumerate(self._split.split(text)):
-            if i % 2:  # an added token
-                ids.append(self.added[fragment])
-            elif fragment:
-                ids.extend(self.sp.encode(fragment))
-        return ids
-
-    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        ids = [int(i) for i in ids]
-        if skip_special:
-            ids = [i for i in ids if i not in self.special_ids]
-        parts, run = [], []
-        for i in ids + [None]:
-            if i is None or i in self.id_to_added:
-                if run:
-                    parts.append(self.sp.decode(run))
-                    run = []
-                if i is not None:
-                    parts.append(self.id_to_added[i])
-            else:
-                run.append(i)
-        return "".join(parts)
-
-
-UNKNOWN, CONTROL, USER_DEFINED = 2, 3, 4  # sentencepiece ModelProto.SentencePiece.Type
-
-
-def _piece_types(proto: bytes) -> list[int]:
-    """The type of every piece, read from the serialized ModelProto (protobuf is not a
-    dependency, and sentencepiece's Python API cannot tell a user-defined piece)."""
-
-    def varint(buf, i):
-        value = shift = 0
-        while True:
-            b = buf[i]
-            value |= (b & 0x7F) << shift
-            i, shift = i + 1, shift + 7
-            if b < 0x80:
-                return value, i
-
-    def fields(buf):  # (field number, wire type, value) of one message
-        i = 0
-        while i < len(buf):
-            tag, i = varint(buf, i)
-            num, wire = tag >> 3, tag & 7
-            if wire == 0:
-                value, i = varint(buf, i)
-            elif wire == 1:
-                value, i = buf[i : i + 8], i + 8
-            elif wire == 2:
-                n, i = varint(buf, i)
-                value, i = buf[i : i + n], i + n
-            elif wire == 5:
-                value, i = buf[i : i + 4], i + 4
-            else:
-                raise ValueError(f"sentencepiece model: unexpected protobuf wire type {wire}")
-            yield num, wire, value
-
-    types = []
-    for num, wire, piece in fields(proto):
-        if num == 1 and wire == 2:  # repeated SentencePiece pieces = 1
-            types.append(next((v for n, w, v in fields(piece) if n == 3 and w == 0), 1))
-    return types

@@ -12,25 +12,35 @@ unless --hf is given; it also prints the fraction of the memory-bandwidth bound:
 decode step must read every weight once, so the bound is bandwidth / weight bytes steps/s.
 On a CPU shared with other jobs use --threads 1: two OpenMP threads that get descheduled
 made every GEMM up to 5x slower here, for both sides alike.
+
+Why `cpu_decode.pack_for_cpu` pays (AMD EPYC, float32): a decode step multiplies a few rows (one
+per sequence) by every weight matrix; for 8 rows times the MLP and head matrices, F.linear (MKL)
+took about 1.8x as long as oneDNN's product with the weight packed ahead of time into its blocked
+layout, and packing once costs nothing per step. The row hint `cpu_decode.ROWS_HINT = 1`: on one
+thread it decoded batch 1 faster than no hint or 8 did, and batch 8 as fast (within noise on two
+threads). --compile swaps `pangu.decode_step`, which generate() looks up at every call, for a
+torch.compile'd one while that side is timed.
 """
 
 import argparse
 import copy
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pangu import Pangu, PanguConfig, decode_step, generate, pack_for_cpu  # noqa: E402
+import pangu  # noqa: E402
+from cpu_decode import pack_for_cpu  # noqa: E402
+from pangu import Pangu, PanguConfig, generate  # noqa: E402
 
 SHAPES = {
     # ~100 M parameters: 12 layers of width 768, GQA 12/4 heads, biases, 16 k vocab
-    "100m": dict(vocab_size=16000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4,
-                 intermediate_size=2048),
+    "100m": dict(vocab_size=16000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, intermediate_size=2048),
     "7b": {},  # the pangu-7b preset (SPEC §5)
-}  # fmt: skip
+}
 
 
 def hf_model(model: Pangu):
@@ -38,12 +48,21 @@ def hf_model(model: Pangu):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.cfg
-    hc = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim,
-                     intermediate_size=c.intermediate_size, num_hidden_layers=c.n_layers,
-                     num_attention_heads=c.n_heads,
-                     num_key_value_heads=c.n_kv_heads, attention_bias=c.bias, mlp_bias=False,
-                     rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps, tie_word_embeddings=False,
-                     head_dim=c.head_dim, torch_dtype=model.lm_head.weight.dtype)  # fmt: skip
+    hc = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.dim,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads,
+        attention_bias=c.bias,
+        mlp_bias=False,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.norm_eps,
+        tie_word_embeddings=False,
+        head_dim=c.head_dim,
+        torch_dtype=model.lm_head.weight.dtype,
+    )
     with torch.device("meta"):
         hf = LlamaForCausalLM(hc)
     hf.load_state_dict(model.state_dict(), strict=True, assign=True)
@@ -62,6 +81,21 @@ def prompts(model: Pangu, batch: int, length: int, seed: int):
         mask[b, pads] = 0
     with torch.no_grad():
         return model.embed(ids), mask.to(dev)
+
+
+@contextmanager
+def decode_step_as(step):
+    """generate() with `step` (a compiled pangu.decode_step) in place of pangu.decode_step."""
+    saved, pangu.decode_step = pangu.decode_step, step
+    try:
+        yield
+    finally:
+        pangu.decode_step = saved
+
+
+def compiled_generate(step, *args, **kwargs):
+    with decode_step_as(step):
+        return generate(*args, **kwargs)
 
 
 def sync(device):
@@ -97,8 +131,7 @@ def main():
     ap.add_argument("--hf", action="store_true", help="also run transformers at --shape 7b")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--no-pack", action="store_true", help="CPU: do not time pack_for_cpu")
-    ap.add_argument("--compile", action="store_true",
-                    help="also time pangu.generate with torch.compile'd decode steps")  # fmt: skip
+    ap.add_argument("--compile", action="store_true", help="also time pangu.generate with torch.compile'd decode steps")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,10 +161,9 @@ def main():
     packed = pack_for_cpu(copy.deepcopy(model)) if pack else None
     # gpt-fast's recipe on GPU: the whole decode step as one CUDA graph
     mode = "reduce-overhead" if device.type == "cuda" else None
-    step = torch.compile(decode_step, mode=mode, fullgraph=True) if args.compile else None
+    step = torch.compile(pangu.decode_step, mode=mode, fullgraph=True) if args.compile else None
     for B in args.batch:
-        print(f"batch {B}: " + bench_batch(model, packed, hf, step, B, args, step_bytes),
-              flush=True)  # fmt: skip
+        print(f"batch {B}: " + bench_batch(model, packed, hf, step, B, args, step_bytes), flush=True)
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
@@ -143,16 +175,12 @@ def bench_batch(model, packed, hf, step, B: int, args, step_bytes: int) -> str:
     if packed is not None:
         fns["ours packed"] = lambda: generate(packed, embeds, mask, n, eos_id=-1)
     if step is not None:
-        cache = model.make_cache(B, args.prompt_len + n)  # reused: no recompiling
-        fns["ours+compile"] = lambda: generate(
-            model, embeds, mask, n, eos_id=-1, step_fn=step, cache=cache
-        )
+        fns["ours+compile"] = lambda: compiled_generate(step, model, embeds, mask, n, eos_id=-1)
     if hf is not None:
-        kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
-                  eos_token_id=None, pad_token_id=0)  # fmt: skip
-        fns["transformers"] = lambda: hf.generate(
-            inputs_embeds=embeds, attention_mask=mask, **kw
-        ).tolist()
+        kw = dict(
+            max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0
+        )
+        fns["transformers"] = lambda: hf.generate(inputs_embeds=embeds, attention_mask=mask, **kw).tolist()
     with torch.no_grad():
         best, outs = timed(fns, device, args.repeats)
     parts = [f"{name} {B * n / s:7.1f} tok/s" for name, s in best.items()]
@@ -171,8 +199,7 @@ def bench_batch(model, packed, hf, step, B: int, args, step_bytes: int) -> str:
     if args.shape == "7b" or device.type == "cuda":
         # per decode step: (time of n new tokens - time of 1) / (n - 1), so no prefill
         name = "ours+compile" if step is not None else "ours"
-        fns_1 = {name: lambda: generate(model, embeds, mask, 1, eos_id=-1, **(
-            {"step_fn": step, "cache": cache} if step is not None else {}))}  # fmt: skip
+        fns_1 = {name: lambda: compiled_generate(step or pangu.decode_step, model, embeds, mask, 1, eos_id=-1)}
         with torch.no_grad():
             t1 = timed(fns_1, device, args.repeats)[0][name]
         per_step = (best[name] - t1) / (n - 1)

@@ -1,4 +1,4 @@
-"""The whole model against the original code's tensors (shared/reference), loaded like a user
+"""The whole model against the original code's tensors (tests/fixtures/reference), loaded like a user
 loads the release; batch invariance; the 7B key set; loader errors; our own format."""
 
 import json
@@ -21,11 +21,11 @@ def fx(reference_dir):
     return load_file(reference_dir / "fixtures.safetensors")
 
 
-def load_reference(reference_dir, fx, fmt="safetensors", **kw) -> IOSUMPangu:
+def load_reference(reference_dir, fx, checkpoint=None, **kw) -> IOSUMPangu:
     """As a user would: the released-layout file, the LLM dir (config.json; the reference has
     no tokenizer.model), the preset with the reference's head counts. Prompts: recorded ids."""
     model = IOSUMPangu.from_pretrained(
-        reference_dir / f"checkpoint.{fmt}", llm_dir=reference_dir, config="reference-tiny", **kw
+        checkpoint or reference_dir / "checkpoint.pt", llm_dir=reference_dir, config="reference-tiny", **kw
     )
     model.set_prompt_ids(
         p1_speech=fx["ids_prompt_pattern1"].tolist(),
@@ -69,8 +69,8 @@ def close(a, b, atol=ATOL, rtol=RTOL):
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 @torch.no_grad()
-def test_reference_single_utterance(reference_dir, fx, fmt):
-    model = load_reference(reference_dir, fx, fmt)
+def test_reference_single_utterance(reference_dir, reference_safetensors, fx, fmt):
+    model = load_reference(reference_dir, fx, reference_safetensors if fmt == "safetensors" else None)
     assert model.speech_token_emded.weight.dtype == torch.float32
     mel = fx["mel"].T[None]
     enc, enc_len = model.encoder(mel)
@@ -178,7 +178,8 @@ def test_reference_batch_generation_equals_single(reference_dir, fx):
 @torch.no_grad()
 def test_packed_llm_generates_the_same(reference_dir, fx):
     """The CPU recipe of the README (merge LoRA, pack the decoder) changes no token."""
-    from pangu import merge_lora, pack_for_cpu
+    from cpu_decode import pack_for_cpu
+    from pangu import merge_lora
 
     model = load_reference(reference_dir, fx)
     b = batch2(fx)
@@ -189,10 +190,10 @@ def test_packed_llm_generates_the_same(reference_dir, fx):
 
 
 @torch.no_grad()
-def test_position_tables_in_checkpoint(reference_dir, fx, tmp_path):
+def test_position_tables_in_checkpoint(reference_safetensors, fx, tmp_path):
     """The real release stores both sinusoid buffers: accepted when they are the formulas
     (here in bf16, as the release probably is), refused when they are not."""
-    sd = load_file(reference_dir / "checkpoint.safetensors")
+    sd = load_file(reference_safetensors)
     from whisper_enc import sinusoids
 
     sd["encoder.embed.pos_enc.pe"] = sinusoids(30000, 64)[None].bfloat16().float()
@@ -215,8 +216,8 @@ PROMPTS = dict(
 
 
 @torch.no_grad()
-def test_bf16_checkpoint_and_bf16_model(reference_dir, fx, tmp_path):
-    sd = {k: v.bfloat16() for k, v in load_file(reference_dir / "checkpoint.safetensors").items()}
+def test_bf16_checkpoint_and_bf16_model(reference_dir, reference_safetensors, fx, tmp_path):
+    sd = {k: v.bfloat16() for k, v in load_file(reference_safetensors).items()}
     save_file(sd, tmp_path / "bf16.safetensors")
     for path, dtype in [
         (tmp_path / "bf16.safetensors", None),
@@ -366,8 +367,8 @@ def test_release_preset_has_the_released_key_set():
 # ----------------------------------------------------------------------------- loader errors
 
 
-def test_loader_errors(reference_dir, fx, tmp_path):
-    sd = load_file(reference_dir / "checkpoint.safetensors")
+def test_loader_errors(reference_dir, reference_safetensors, fx, tmp_path):
+    sd = load_file(reference_safetensors)
 
     def attempt(d: dict, name: str, **kw):
         save_file(d, tmp_path / name)
@@ -574,10 +575,10 @@ def test_llm_dir_given_as_checkpoint(reference_dir, tmp_path):
 
 
 @torch.no_grad()
-def test_checkpoint_without_llm_reads_llm_dir(reference_dir, fx, tmp_path):
+def test_checkpoint_without_llm_reads_llm_dir(reference_dir, reference_safetensors, fx, tmp_path):
     """A checkpoint of encoder + adapter only (e.g. after stage 1): the LLM comes from the
     openPangu dir (Hugging Face layout) and gets fresh LoRA (B = 0), i.e. the base LLM."""
-    sd = load_file(reference_dir / "checkpoint.safetensors")
+    sd = load_file(reference_safetensors)
     peft = "llama_model.base_model.model."
     base = {k[len(peft) :].replace(".base_layer.", "."): v for k, v in sd.items()
             if k.startswith(peft) and ".lora_" not in k}  # fmt: skip
@@ -645,14 +646,14 @@ def test_real_release_writes_the_task_tag(samples_dir):
     assert texts[0].startswith("<asr>"), texts
 
 
-def test_safetensors_aliases_do_not_stay_resident(reference_dir, tmp_path):
+def test_safetensors_aliases_do_not_stay_resident(reference_dir, reference_safetensors, tmp_path):
     """The release's .safetensors holds the embedding and head twice (aliases). Checking
     them must not leave their pages resident beside the model: load in a fresh process and
     measure the file-backed resident memory."""
     import subprocess
     import sys
 
-    sd = load_file(reference_dir / "checkpoint.safetensors")
+    sd = load_file(reference_safetensors)
     V, peft = 400_000, "llama_model.base_model.model."
     embed, head = torch.randn(V, 64), torch.randn(V, 64)  # 102 MB each
     sd |= {peft + "model.embed_tokens.weight": embed, "embed_tokens.weight": embed.clone(),

@@ -1,5 +1,5 @@
 """pangu.py against transformers' LlamaForCausalLM (same function as openPangu), peft's LoRA,
-and the tensors the original I-OSUM-Pangu code produced (shared/reference)."""
+and the tensors the original I-OSUM-Pangu code produced (tests/fixtures/reference)."""
 
 import copy
 import json
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from cpu_decode import pack_for_cpu
+
 from pangu import (
     LORA_TARGETS,
     Pangu,
@@ -20,7 +22,6 @@ from pangu import (
     load_pangu,
     lora_parameters,
     merge_lora,
-    pack_for_cpu,
     pangu_state_dict,
     unmerge_lora,
 )

@@ -3,11 +3,12 @@ and on a small sentencepiece model trained here with the toy study's special pie
 
 import io
 import json
+import shutil
 
 import pytest
 import sentencepiece as spm
 
-from pangu import PanguTokenizer
+from tokenizer import PanguTokenizer
 
 TOY_SPECIAL = ["<|User|>:", "<|Bot|>:"] + [f"[unused{i}]" for i in range(34)]
 
@@ -22,19 +23,29 @@ def test_special_ids(ref):
     tok, c = ref
     s = c["special"]
     assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (
-        s["bos_token_id"], s["eos_token_id"], s["unk_token_id"], s["pad_token_id"])  # fmt: skip
+        s["bos_token_id"],
+        s["eos_token_id"],
+        s["unk_token_id"],
+        s["pad_token_id"],
+    )
     assert tok.vocab_size == s["vocab_size"]
     assert tok.added == s["added_tokens"]
     assert tok.special_ids == set(s["all_special_ids"])
 
 
-def test_added_table_from_model_alone(ref, tmp_path):
-    # a bare tokenizer.model (no tokenizer_config.json beside it) gives the same table
+def test_added_table_comes_from_tokenizer_config(ref, reference_dir, tmp_path):
+    # a bare tokenizer.model cannot list its user-defined pieces: the error names the missing table
     tok, c = ref
     (tmp_path / "tokenizer.model").write_bytes(tok.sp.serialized_model_proto())
-    bare = PanguTokenizer(tmp_path / "tokenizer.model")
-    assert bare.added == c["special"]["added_tokens"]
-    assert (bare.bos_id, bare.eos_id, bare.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer_config\.json is missing.*added_tokens_decoder"):
+        PanguTokenizer(tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no added_tokens_decoder"):
+        PanguTokenizer(tmp_path / "tokenizer.model")
+    shutil.copyfile(reference_dir / "tokenizer" / "tokenizer_config.json", tmp_path / "tokenizer_config.json")
+    copied = PanguTokenizer(tmp_path / "tokenizer.model")
+    assert copied.added == c["special"]["added_tokens"]
+    assert (copied.bos_id, copied.eos_id, copied.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
 
 
 def test_cases_encode(ref):
@@ -72,17 +83,31 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def toy_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("sp")
-    corpus = (TEXTS * 3) + [
-        f"line {i}: the quick brown fox jumps over {i * 7} lazy dogs" for i in range(200)
-    ]
+    corpus = (TEXTS * 3) + [f"line {i}: the quick brown fox jumps over {i * 7} lazy dogs" for i in range(200)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=model, vocab_size=400, model_type="bpe",
-        byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        user_defined_symbols=TOY_SPECIAL, character_coverage=1.0, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        user_defined_symbols=TOY_SPECIAL,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     (d / "tokenizer.model").write_bytes(model.getvalue())
+    # the added-token table the release keeps beside its model: here <unk>, <s>, </s> and the toy pieces
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    added = ["<unk>", "<s>", "</s>", *TOY_SPECIAL]
+    table = {str(sp.piece_to_id(p)): {"content": p, "special": True} for p in added}
+    (d / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": table}))
     return PanguTokenizer(d / "tokenizer.model")
 
 
@@ -107,8 +132,14 @@ def test_toy_bos_rules(toy_tok):
 def test_toy_fragments_and_roundtrip(toy_tok):
     sp = toy_tok.sp
     text = "hello [unused9] world<|User|>:你好[unused10]"
-    want = (sp.encode("hello ") + [sp.piece_to_id("[unused9]")] + sp.encode(" world")
-            + [sp.piece_to_id("<|User|>:")] + sp.encode("你好") + [15])  # fmt: skip
+    want = (
+        sp.encode("hello ")
+        + [sp.piece_to_id("[unused9]")]
+        + sp.encode(" world")
+        + [sp.piece_to_id("<|User|>:")]
+        + sp.encode("你好")
+        + [15]
+    )
     assert toy_tok.encode(text, bos=False) == want
     for t in TEXTS + [
         "[unused9]系统：你好\n[unused9] 用户：🙂",
