@@ -21,9 +21,8 @@ def fixtures(reference_dir):
     return load_file(reference_dir / "fixtures.safetensors")
 
 
-def reference_adapter(reference_dir, fmt: str) -> Adapter:
-    path = reference_dir / f"checkpoint.{fmt}"
-    sd = load_file(path) if fmt == "safetensors" else torch.load(path, weights_only=True)
+def reference_adapter(path) -> Adapter:
+    sd = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     cfg = AdapterConfig.from_name("osum_echat", d_in=64, d_model=64, d_out=64)
     model = Adapter(cfg).eval()
     model.load_state_dict(adapter_state_dict(sd), strict=True)
@@ -32,8 +31,8 @@ def reference_adapter(reference_dir, fmt: str) -> Adapter:
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 @torch.no_grad()
-def test_reference_parity(reference_dir, fixtures, fmt):
-    model = reference_adapter(reference_dir, fmt)
+def test_reference_parity(reference_dir, reference_safetensors, fixtures, fmt):
+    model = reference_adapter(reference_safetensors if fmt == "safetensors" else reference_dir / "checkpoint.pt")
     x = fixtures["encoder_out"][None]  # (1, 160, 64)
     down = model.down_sample_2(x)
     torch.testing.assert_close(down[0], fixtures["downsample_out"], atol=ATOL, rtol=1e-4)
@@ -45,10 +44,10 @@ def test_reference_parity(reference_dir, fixtures, fmt):
 
 
 @torch.no_grad()
-def test_reference_padded_batch(reference_dir, fixtures):
+def test_reference_padded_batch(reference_safetensors, fixtures):
     """The release's adapter on the release's padded encoder batch: same lengths, same valid
     frames (its padded encoder frames hold garbage, so this also checks the key mask)."""
-    model = reference_adapter(reference_dir, "safetensors")
+    model = reference_adapter(reference_safetensors)
     y, lengths = model(fixtures["batch2_encoder_out"], fixtures["batch2_encoder_lens"])
     assert lengths.tolist() == fixtures["batch2_adapter_lens"].tolist() == [40, 32]
     mask = fixtures["batch2_adapter_mask"].bool()

@@ -272,12 +272,12 @@ def test_encoder_matches_hugging_face(samples_dir, tmp_path):
         assert_close(got, want, atol=1e-4, rtol=0)  # measured 0.0 (the same ops)
 
 
-def test_encoder_matches_reference_fixtures(reference_dir, tmp_path):
+def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors, tmp_path):
     # The original WeNet encoder's outputs, through the released key layout.
     fx = load_file(reference_dir / "fixtures.safetensors")
     cfg = WhisperConfig.from_name("tiny")  # d 64, 4 heads: 64 / 64 would infer 1 head
-    for path in ("checkpoint.pt", "checkpoint.safetensors"):
-        enc = load_whisper(reference_dir / path, cfg).eval()
+    for path in (reference_dir / "checkpoint.pt", reference_safetensors):
+        enc = load_whisper(path, cfg).eval()
         mel = fx["mel"].T[None]  # (1, 80, 320)
         with torch.no_grad():
             out, lengths = enc(mel)
