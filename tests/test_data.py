@@ -1,6 +1,6 @@
-"""data.py: the release's sample formats, task targets, instructions, batching, splits, resume,
-bad data, and the toy world. Oracles: soundfile / tarfile / librosa / PyYAML / sentencepiece
-read the same files directly; expected targets are written by hand from SPEC §8."""
+"""data.py: the release's sample formats, data mixes, stage prompts, batching, splits, resume and bad
+data, on the release's format samples and a small toy world. Oracles: soundfile / tarfile / librosa
+read the same files directly."""
 
 import io
 import json
@@ -16,6 +16,8 @@ import soundfile as sf
 import torch
 
 import data
+import tasks
+import toy as toy_world
 
 FAKE = "common_utils/fake_data"  # inside samples/osum_fake_data, where the lists' paths start
 
@@ -24,7 +26,7 @@ FAKE = "common_utils/fake_data"  # inside samples/osum_fake_data, where the list
 def toy(tmp_path_factory):
     """A small toy world (12 train utterances per task combo), built once for this module."""
     root = tmp_path_factory.mktemp("toy") / "toy"
-    return data.ensure_toy_world(root, seed=7, n_train=12, n_dev=2, n_test=4, n_shards=4)
+    return toy_world.ensure_toy_world(root, seed=7, n_train=12, n_dev=2, n_test=4, n_shards=4)
 
 
 def _batches(loader):
@@ -57,8 +59,8 @@ def test_raw_list_reads_fields_and_resamples_24k(samples_dir, monkeypatch):
     # ... and the header-only frame count equals the frames of the decoded audio.
     assert data.audio_frames(samples[0]) == len(audio) // 160
     # Their task is speech-to-speech (not modelled): parsed, then refused by the task mapping.
-    with pytest.raises(data.BadSample) as e:
-        data.build_prompt(samples[0], 1, "train", data._rng(0))
+    with pytest.raises(tasks.BadSample) as e:
+        tasks.build_prompt(samples[0], 1, "train", data._rng(0))
     assert e.value.reason == "unknown_task"
 
 
@@ -94,9 +96,7 @@ def test_shard_members_grouped_by_key(samples_dir, tmp_path):
 
 def test_combine_pairs_labels_from_list_audio_from_tar(samples_dir, monkeypatch, tmp_path):
     monkeypatch.chdir(samples_dir)
-    pairs = data.combine_pairs(
-        f"{FAKE}/combine/combines_list.txt", f"{FAKE}/combine/combines_tar_root.txt"
-    )
+    pairs = data.combine_pairs(f"{FAKE}/combine/combines_list.txt", f"{FAKE}/combine/combines_tar_root.txt")
     assert pairs == [f"{FAKE}/combine/shards_000000000.list|{FAKE}/shard/shards_000000000.tar"]
     (tmp_path / "combine.txt").write_text("\n".join(pairs) + "\n")
     counter = data.BadDataCounter()
@@ -111,115 +111,54 @@ def test_combine_pairs_labels_from_list_audio_from_tar(samples_dir, monkeypatch,
         assert s["task"] == line["tas_tag"] == "<TRANSCRIBE>"  # the tar says <S2TCHAT> ...
         assert s["txt"] == line["txt"] and s["extra"]["q_txt"] == line["extra"]["q_txt"]
         assert s["audio"] == audio[line["key"]]
-    target = data.build_prompt(samples[0], 1, "train", data._rng(0))
+    target = tasks.build_prompt(samples[0], 1, "train", data._rng(0))
     assert target["target"] == "<asr>" + labels[0]["txt"].lower()
 
 
-def test_data_mix_yaml_subset_matches_pyyaml(tmp_path):
-    yaml = pytest.importorskip("yaml")
-    text = """# two sources
-asr:   # block mapping
-  path: lists/asr.list
-  weight: 2
-emotion: {path: "lists/emo list.txt", weight: 0.5, type: raw}
-shards:
-  path: ./shards_list.txt   # a comment
-  weight: 1.0
-  type: shard
-  note: 'a # inside quotes'
-"""
-    assert data.parse_simple_yaml(text) == yaml.safe_load(text)
-    with pytest.raises(ValueError, match=":2"):
-        data.parse_simple_yaml("a:\n  - listed\n")
-    with pytest.raises(ValueError, match=":1"):
-        data.parse_simple_yaml("a: [1, 2]\n")
+def test_data_mix_json_and_yaml(tmp_path):
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "asr.list").write_text('{"key": "a", "wav": "a.wav", "txt": "x"}\n')
     (tmp_path / "lists" / "emo list.txt").write_text('{"key": "b", "wav": "b.wav", "txt": "x"}\n')
     (tmp_path / "shards_list.txt").write_text("a.tar\n")
-    (tmp_path / "mix.yaml").write_text(text)
-    sources = data.read_data_mix(tmp_path / "mix.yaml")  # paths beside the YAML
-    got = [(s.name, s.path, s.weight, s.kind) for s in sources]
-    assert got == [
+    want = [
         ("asr", tmp_path / "lists/asr.list", 2.0, "raw"),
         ("emotion", tmp_path / "lists/emo list.txt", 0.5, "raw"),
         ("shards", tmp_path / "shards_list.txt", 1.0, "shard"),
     ]
-    (tmp_path / "mix.json").write_text(json.dumps({"asr": {"path": "lists/asr.list"}}))
-    assert [s.name for s in data.read_data_mix(tmp_path / "mix.json")] == ["asr"]
+    mix = {
+        "asr": {"path": "lists/asr.list", "weight": 2},
+        "emotion": {"path": "lists/emo list.txt", "weight": 0.5, "type": "raw"},
+        "shards": {"path": "./shards_list.txt", "weight": 1.0, "type": "shard"},
+    }
+    (tmp_path / "mix.json").write_text(json.dumps(mix))
+    sources = data.read_data_mix(tmp_path / "mix.json")  # paths beside the mix file
+    assert [(s.name, s.path, s.weight, s.kind) for s in sources] == want
+    pytest.importorskip("yaml")
+    (tmp_path / "mix.yaml").write_text(
+        "asr: {path: lists/asr.list, weight: 2}\nemotion:\n  path: lists/emo list.txt\n  weight: 0.5\n"
+        "shards: {path: ./shards_list.txt, type: shard}  # a comment\n"
+    )
+    sources = data.read_data_mix(tmp_path / "mix.yaml")
+    assert [(s.name, s.path, s.weight, s.kind) for s in sources] == want
+    (tmp_path / "bad.json").write_text(json.dumps({"asr": {"weight": 1}}))
+    with pytest.raises(ValueError, match="'asr' needs a 'path'"):
+        data.read_data_mix(tmp_path / "bad.json")
 
 
 # ----------------------------------------------------------------------------- tasks, targets
-
-TARGETS = [  # (task, txt, fields) -> target, written from SPEC §8
-    ("<TRANSCRIBE>", " Hello   World ", {}, "<asr>hello world"),
-    (None, "HI", {}, "<asr>hi"),  # no task: WeNet's default <TRANSCRIBE>
-    ("<TRANSCRIBE> <AGE>", "Hello everyone<YOUTH>", {}, "<asr><age>hello everyone<ADULT>"),
-    ("<TRANSCRIBE> <AGE>", "Hello everyone", {"age": "<YOUTH>"}, "<asr><age>hello everyone<ADULT>"),
-    ("<TRANSCRIBE> <EMOTION>", "我很好<SAD>", {}, "<asr><emotion>我很好<SAD>"),
-    ("<TRANSCRIBE><GENDER>", "Ok", {"gender": "<female>"}, "<asr><gender>ok<FEMALE>"),
-    ("<EMOTION>", "<HAPPY>", {}, "<emotion><HAPPY>"),
-    ("<EMOTION>", "happy", {}, "<emotion><HAPPY>"),
-    ("<EMOTION>", "<CONFUSED>", {}, "<emotion><OTHER>"),
-    ("<GENDER>", "", {"gender": "<MALE>"}, "<gender><MALE>"),
-    ("<AGE>", "<MIDDLE_AGE>", {}, "<age><ADULT>"),
-    ("<STYLE>", "news/science", {}, "<style><NEWS_SCIENCE>"),
-    ("<CAPTION>", "<Laughter>", {}, "<caption><LAUGH>"),
-    ("<ALIGN>", "One<0.1,0.3> Two<0.4,0.6>", {}, "<asr><align>one<0.1,0.3> two<0.4,0.6>"),
-    ("<S2TCHAT>", " Seven. ", {}, "<chat>Seven."),
-    ("<asr><age>", "Hi<OLD>", {}, "<asr><age>hi<OLD>"),
-]
-
-
-@pytest.mark.parametrize("task,txt,fields,want", TARGETS)
-def test_targets_in_asr_plus_x_form(task, txt, fields, want):
-    assert data.make_target(data.parse_task(task), txt, fields) == want
-
-
-@pytest.mark.parametrize(
-    "task,txt,reason",
-    [
-        ("<S2TCHAT> <TEXT2TOKEN> <THINK>", "x", "unknown_task"),
-        ("TRANSCRIBE", "x", "unknown_task"),
-        ("<TRANSCRIBE>", "   ", "empty_text"),
-        ("<AGE>", "<ALIEN>", "bad_label"),
-        ("<GENDER>", "", "empty_text"),
-    ],
-)
-def test_bad_tasks_and_labels_raise_with_reason(task, txt, reason):
-    with pytest.raises(data.BadSample) as e:
-        data.make_target(data.parse_task(task), txt, {})
-    assert e.value.reason == reason
-
-
-def test_train_and_heldout_phrasings_disjoint_for_every_task():
-    for tags in data.TASK_COMBOS:
-        bank = data.instruction_bank(tags)
-        assert bank["train"] and bank["heldout"], tags
-        assert not set(bank["train"]) & set(bank["heldout"]), tags
-        for split in ("train", "heldout"):  # both languages on both sides
-            assert any(s.isascii() for s in bank[split]) and not all(
-                s.isascii() for s in bank[split]
-            )
-    train = {s["instruction"] for s in data.intent_samples("train")}
-    test = {s["instruction"] for s in data.intent_samples("test")}
-    assert train and test and not train & test
-    assert {s["target"] for s in data.intent_samples("test")} == {
-        "".join(t) for t in data.TASK_COMBOS
-    }
 
 
 def test_stage_prompts(toy):
     sample = next(iter(data.read_raw_list(toy["test"])))
     rng = data._rng(0)
-    tags = data.parse_task(sample["task"])
-    p1 = data.build_prompt(sample, 1, "test", rng)
+    tags = tasks.parse_task(sample["task"])
+    p1 = tasks.build_prompt(sample, 1, "test", rng)
     assert p1["instruction"] == "".join(tags)  # stage 1: the fixed tag
-    p3 = data.build_prompt(sample, 3, "test", rng)
+    p3 = tasks.build_prompt(sample, 3, "test", rng)
     assert p3["instruction"] == sample["extra"]["instruction"]
-    assert p3["instruction"] in data.instruction_bank(tags)["heldout"]
-    p3_train = data.build_prompt(sample, 3, "train", rng)
-    assert p3_train["instruction"] in data.instruction_bank(tags)["train"]
+    assert p3["instruction"] in tasks.instruction_bank(tags)["heldout"]
+    p3_train = tasks.build_prompt(sample, 3, "train", rng)
+    assert p3_train["instruction"] in tasks.instruction_bank(tags)["train"]
     assert p1["target"] == p3["target"] == p3_train["target"]
     assert p1["target"].startswith("".join(tags))
 
@@ -375,9 +314,7 @@ def _bad_world(tmp_path: Path) -> list[Path]:
 
 def test_each_bad_data_case_is_skipped_and_counted(tmp_path, toy, caplog):
     sources = _bad_world(tmp_path)
-    loader = data.make_loader(
-        sources, toy["tokenizer"], split="dev", max_bad_fraction=1.0, max_frames_in_batch=10**6
-    )
+    loader = data.make_loader(sources, toy["tokenizer"], split="dev", max_bad_fraction=1.0, max_frames_in_batch=10**6)
     with caplog.at_level(logging.WARNING, logger="data"):
         keys = [k for b in loader for k in b["keys"]]
     assert sorted(keys) == ["good1", "good2"]
@@ -402,141 +339,3 @@ def test_too_much_bad_data_stops_with_a_clear_error(tmp_path, toy):
 
 
 # ----------------------------------------------------------------------------- toy world
-
-
-def test_toy_world_is_deterministic(tmp_path):
-    kw = dict(n_train=1, n_dev=1, n_test=1, n_shards=2)
-    a = data.build_toy_world(tmp_path / "a", seed=11, **kw)
-    b = data.build_toy_world(tmp_path / "b", seed=11, **kw)
-    c = data.build_toy_world(tmp_path / "c", seed=12, **kw)
-    files = lambda root: {  # noqa: E731
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-    fa, fb, fc = files(a["root"]), files(b["root"]), files(c["root"])
-    assert fa.keys() == fb.keys() and len(fa) > 10
-    for name in fa:
-        assert fa[name] == fb[name], name
-    assert fa["dev/data.list"] != fc["dev/data.list"]
-    # ensure_toy_world is a no-op on a built world with the same parameters
-    stamp = a["index"].stat().st_mtime_ns
-    data.ensure_toy_world(tmp_path / "a", seed=11, **kw)
-    assert a["index"].stat().st_mtime_ns == stamp
-
-
-def test_stage0_corpus_holds_no_heldout_instruction(toy):
-    corpus = toy["corpus"].read_text(encoding="utf-8")
-    heldout = [s for t in data.TASK_COMBOS for s in data.instruction_bank(t)["heldout"]]
-    assert heldout and not [s for s in heldout if s in corpus]
-    assert [s for t in data.TASK_COMBOS for s in data.instruction_bank(t)["train"] if s in corpus]
-
-
-def test_toy_tokenizer_has_the_contract_layout(toy):
-    spm = pytest.importorskip("sentencepiece")
-    sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
-    assert sp.get_piece_size() == 1024
-    assert [sp.id_to_piece(i) for i in range(5)] == [
-        "<unk>",
-        "<s>",
-        "</s>",
-        "<|User|>:",
-        "<|Bot|>:",
-    ]
-    assert [sp.id_to_piece(i) for i in range(5, 39)] == [f"[unused{i}]" for i in range(34)]
-    assert sp.piece_to_id("[unused10]") == 15
-    for token in [*data.TAGS, *(lab for labs in data.LABELS.values() for lab in labs)]:
-        assert len(sp.encode(token)) in (1, 2) and sp.piece_to_id(token) > 38  # '▁' + token
-    pieces = [sp.id_to_piece(i) for i in sp.encode("龘")]  # not in the toy text: UTF-8 bytes
-    assert pieces[-3:] == ["<0xE9>", "<0xBE>", "<0x98>"] and sp.decode(sp.encode("龘")) == "龘"
-    assert sp.decode(sp.encode("a  b")) == "a  b"  # extra whitespace kept
-
-
-def test_toy_labels_balanced_and_cues_present(toy):
-    librosa = pytest.importorskip("librosa")
-    samples = list(data.read_shard_list(toy["train"]))
-    assert len(samples) == 13 * 12
-    per_task: dict = {}
-    for s in samples:
-        tags = data.parse_task(s["task"])
-        target = data.make_target(tags, s["txt"], s["extra"])
-        for label in __import__("re").findall(r"<[A-Z_]+>", target):
-            per_task.setdefault("".join(tags), []).append(label)
-    assert set(per_task) == {"".join(t) for t in data.TASK_COMBOS if set(t) & set(data.LABELS)}
-    for task, labels in per_task.items():
-        counts = {lab: labels.count(lab) for lab in set(labels)}
-        assert len(counts) >= 2 and min(counts.values()) >= 0.5 * max(counts.values()), task
-    # The gender cue: pitch (oracle: librosa's YIN) separates <MALE> from <FEMALE>.
-    f0 = {"<MALE>": [], "<FEMALE>": []}
-    for s in samples[:40]:
-        y = data.decode_audio(s).numpy()
-        voiced = y[np.abs(y) > 0.01]
-        f0[s["extra"]["gender"]].append(np.median(librosa.yin(voiced, fmin=60, fmax=400, sr=16000)))
-    assert max(f0["<MALE>"]) < 170 < min(f0["<FEMALE>"])
-    # The age cue: word durations (from the generator's own word times) order child < adult < old.
-    dur = {a: [] for a in ("<CHILD>", "<ADULT>", "<OLD>")}
-    for s in samples:
-        dur[s["extra"]["age"]] += [e - b for b, e in s["extra"]["times"]]
-    assert max(dur["<CHILD>"]) < min(dur["<ADULT>"]) and max(dur["<ADULT>"]) < min(dur["<OLD>"])
-
-
-def _pooled(mel: torch.Tensor) -> np.ndarray:
-    """Utterance statistics a linear probe can read: band means / spreads / deltas over voiced
-    frames, and the pause rhythm (frames per pause inside the speech)."""
-    energy = mel.mean(0)
-    voiced = (energy > energy.max() - 0.5).numpy()
-    inner = voiced[np.argmax(voiced) : len(voiced) - np.argmax(voiced[::-1])]
-    runs = np.split(inner, np.flatnonzero(np.diff(inner.astype(int))) + 1)
-    pauses = [len(r) for r in runs if not r[0]] or [0]
-    mv = mel[:, torch.from_numpy(voiced)]
-    rhythm = [voiced.mean(), mel.shape[1] / 100, np.mean(pauses), np.std(pauses), max(pauses)]
-    rhythm += [min(pauses), len(pauses)]
-    delta = (mel[:, 1:] - mel[:, :-1]).abs().mean(1)
-    return np.concatenate([mv.mean(1), mv.std(1), delta, rhythm])
-
-
-@pytest.fixture
-def one_thread():
-    """Many tiny ops: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
-    """Each label is readable from log-mel statistics by a linear probe trained on the train
-    shards and scored on the test list (its speakers are held out); words by nearest centroid."""
-    train = list(data.read_shard_list(toy["train"]))
-    test = list(data.read_raw_list(toy["test"]))
-    mels = {id(s): data.log_mel_spectrogram(data.decode_audio(s)) for s in train + test}
-    X = [np.stack([_pooled(mels[id(s)]) for s in ss]) for ss in (train, test)]
-    mu, sd = X[0].mean(0), X[0].std(0) + 1e-6
-    A, B = (torch.tensor((x - mu) / sd, dtype=torch.float32) for x in X)
-    for key in ("emotion", "style", "gender", "age", "event"):
-        labels = sorted({s["extra"][key] for s in train})
-        y = torch.tensor([labels.index(s["extra"][key]) for s in train])
-        probe = torch.nn.Linear(A.shape[1], len(labels))
-        opt = torch.optim.Adam(probe.parameters(), lr=0.03, weight_decay=1e-2)
-        for _ in range(200):
-            loss = torch.nn.functional.cross_entropy(probe(A), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        pred = [labels[i] for i in probe(B).argmax(1).tolist()]
-        acc = np.mean([p == s["extra"][key] for p, s in zip(pred, test)])
-        assert acc >= 0.8, (key, acc)
-    # Words: the mean spectrum of each half of a word (its two syllables), nearest centroid.
-    feats = {"train": ([], []), "test": ([], [])}
-    for split, ss in (("train", train), ("test", test)):
-        for s in ss:
-            m = mels[id(s)].numpy()
-            for word, (a, b) in zip(s["extra"]["words"], s["extra"]["times"]):
-                i, j = int(a * 100), int(b * 100)
-                halves = [m[:, i : (i + j) // 2].mean(1), m[:, (i + j) // 2 : j].mean(1)]
-                feats[split][0].append(np.concatenate(halves))
-                feats[split][1].append(word)
-    (Xw, yw), (Xt, yt) = feats["train"], feats["test"]
-    Xw, Xt = np.stack(Xw), np.stack(Xt)
-    words = sorted(set(yw))
-    centroids = np.stack([Xw[[w == v for w in yw]].mean(0) for v in words])
-    pred = [words[k] for k in ((Xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
-    assert np.mean([p == w for p, w in zip(pred, yt)]) >= 0.85  # 20 words: chance 0.05

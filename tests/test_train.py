@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import device
+import toy
 import train
 
 # ----------------------------------------------------------------------------- stand-in pieces
@@ -83,7 +85,7 @@ def standin_run(tmp_path, *extra, nan_at=()):
         args,
         model,
         standin_step,
-        train.EpochLoader(standin_epoch(nan_at=nan_at)),
+        toy.EpochLoader(standin_epoch(nan_at=nan_at)),
         lambda: standin_epoch()(0, 0),
         {"model": "stand-in"},
         "cpu",
@@ -108,9 +110,7 @@ def test_release_defaults_and_overrides():
     a = train.parse_args(["--stage", "3", "--preset", "iosum-pangu-7b"])
     assert (a.lr, a.warmup, a.accum, a.clip, a.weight_decay) == (5e-4, 2000, 4, 5.0, 0.01)
     assert a.out == "runs/iosum-pangu-7b/stage3"
-    b = train.parse_args(
-        ["--stage", "3", "--preset", "iosum-pangu-7b", "--lr", "1e-4", "--accum", "8"]
-    )
+    b = train.parse_args(["--stage", "3", "--preset", "iosum-pangu-7b", "--lr", "1e-4", "--accum", "8"])
     assert (b.lr, b.accum) == (1e-4, 8)
 
 
@@ -134,32 +134,30 @@ def test_device_auto_picks_fake_npu(monkeypatch):
         types.SimpleNamespace(is_available=lambda: True, set_device=calls.append),
         raising=False,
     )
-    assert train.pick_device("auto", local_rank=1) == "npu:1"
+    assert device.pick_device("auto", local_rank=1) == "npu:1"
     assert calls == [1]
-    assert train.BACKENDS["npu"] == "hccl"
-    assert train.use_bf16("npu:1", "auto") and not train.use_bf16("cpu", "auto")
+    assert device.BACKENDS["npu"] == "hccl"
+    assert device.use_bf16("npu:1", "auto") and not device.use_bf16("cpu", "auto")
 
 
 def test_device_npu_present_but_not_reporting_one_is_not_picked(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
-    monkeypatch.setattr(
-        torch, "npu", types.SimpleNamespace(is_available=lambda: False), raising=False
-    )
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: False), raising=False)
     if not torch.cuda.is_available():
-        assert train.pick_device("auto") == "cpu"
+        assert device.pick_device("auto") == "cpu"
     with pytest.raises(SystemExit, match="no Ascend NPU"):
-        train.pick_device("npu")
+        device.pick_device("npu")
 
 
 def test_absent_devices_asked_for_explicitly_are_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # `import torch_npu` raises ImportError
     with pytest.raises(SystemExit, match="--device npu: no Ascend NPU"):
-        train.pick_device("npu")
+        device.pick_device("npu")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the absent-CUDA error cannot be shown")
     with pytest.raises(SystemExit, match="--device cuda: .* sees no CUDA device"):
-        train.pick_device("cuda")
-    assert train.pick_device("cpu") == "cpu"
+        device.pick_device("cuda")
+    assert device.pick_device("cpu") == "cpu"
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -336,10 +334,8 @@ def run_main(argv, snapshot=None):
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    import data
-
     root = tmp_path_factory.mktemp("stages")
-    data.ensure_toy_world(root / "toy", n_train=6, n_dev=2, n_test=1, n_shards=2)
+    toy.ensure_toy_world(root / "toy", n_train=6, n_dev=2, n_test=1, n_shards=2)
     runs = {}
     for stage in range(4):  # each stage starts from the previous one's runs/stageN/final
         before = {}

@@ -1,0 +1,167 @@
+"""toy.py: the toy world is deterministic, its splits are disjoint, its tokenizer has Pangu's
+layout, its labels are balanced and every task's cue is learnable on held-out speakers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import tasks
+import toy as toy_world
+from tokenizer import PanguTokenizer
+from whisper_enc import log_mel_spectrogram
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A small toy world (12 train utterances per task combo), built once for this module."""
+    root = tmp_path_factory.mktemp("toy") / "toy"
+    return toy_world.ensure_toy_world(root, seed=7, n_train=12, n_dev=2, n_test=4, n_shards=4)
+
+
+def test_toy_world_is_deterministic(tmp_path):
+    kw = dict(n_train=1, n_dev=1, n_test=1, n_shards=2)
+    a = toy_world.build_toy_world(tmp_path / "a", seed=11, **kw)
+    b = toy_world.build_toy_world(tmp_path / "b", seed=11, **kw)
+    c = toy_world.build_toy_world(tmp_path / "c", seed=12, **kw)
+    files = lambda root: {  # noqa: E731
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+    fa, fb, fc = files(a["root"]), files(b["root"]), files(c["root"])
+    assert fa.keys() == fb.keys() and len(fa) > 10
+    for name in fa:
+        assert fa[name] == fb[name], name
+    assert fa["dev/data.list"] != fc["dev/data.list"]
+    # ensure_toy_world is a no-op on a built world with the same parameters
+    stamp = a["index"].stat().st_mtime_ns
+    toy_world.ensure_toy_world(tmp_path / "a", seed=11, **kw)
+    assert a["index"].stat().st_mtime_ns == stamp
+
+
+def test_stage0_corpus_holds_no_heldout_instruction(toy):
+    corpus = toy["corpus"].read_text(encoding="utf-8")
+    heldout = [s for t in tasks.TASK_COMBOS for s in tasks.instruction_bank(t)["heldout"]]
+    assert heldout and not [s for s in heldout if s in corpus]
+    assert [s for t in tasks.TASK_COMBOS for s in tasks.instruction_bank(t)["train"] if s in corpus]
+
+
+def test_toy_tokenizer_has_the_contract_layout(toy):
+    spm = pytest.importorskip("sentencepiece")
+    sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
+    assert sp.get_piece_size() == 1024
+    assert [sp.id_to_piece(i) for i in range(5)] == [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<|User|>:",
+        "<|Bot|>:",
+    ]
+    assert [sp.id_to_piece(i) for i in range(5, 39)] == [f"[unused{i}]" for i in range(34)]
+    assert sp.piece_to_id("[unused10]") == 15
+    for token in [*tasks.TAGS, *(lab for labs in tasks.LABELS.values() for lab in labs)]:
+        assert len(sp.encode(token)) in (1, 2) and sp.piece_to_id(token) > 38  # '▁' + token
+    pieces = [sp.id_to_piece(i) for i in sp.encode("龘")]  # not in the toy text: UTF-8 bytes
+    assert pieces[-3:] == ["<0xE9>", "<0xBE>", "<0x98>"] and sp.decode(sp.encode("龘")) == "龘"
+    assert sp.decode(sp.encode("a  b")) == "a  b"  # extra whitespace kept
+    # tokenizer_config.json names the added pieces as the release's does: PanguTokenizer reads it
+    table = json.loads((toy["tokenizer"].parent / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    pieces = ["<unk>", "<s>", "</s>", "<|User|>:", "<|Bot|>:", *(f"[unused{i}]" for i in range(34))]
+    pieces += [*tasks.TAGS, *(lab for labs in tasks.LABELS.values() for lab in labs)]
+    assert {int(i): v["content"] for i, v in table.items()} == {sp.piece_to_id(p): p for p in pieces}
+    tok = PanguTokenizer(toy["tokenizer"])
+    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 15, 0, 1024)
+    assert tok.encode("<asr><age>", bos=False) == [sp.piece_to_id("<asr>"), sp.piece_to_id("<age>")]
+
+
+def test_toy_labels_balanced_and_cues_present(toy):
+    librosa = pytest.importorskip("librosa")
+    samples = list(data.read_shard_list(toy["train"]))
+    assert len(samples) == 13 * 12
+    per_task: dict = {}
+    for s in samples:
+        tags = tasks.parse_task(s["task"])
+        target = tasks.make_target(tags, s["txt"], s["extra"])
+        for label in __import__("re").findall(r"<[A-Z_]+>", target):
+            per_task.setdefault("".join(tags), []).append(label)
+    assert set(per_task) == {"".join(t) for t in tasks.TASK_COMBOS if set(t) & set(tasks.LABELS)}
+    for task, labels in per_task.items():
+        counts = {lab: labels.count(lab) for lab in set(labels)}
+        assert len(counts) >= 2 and min(counts.values()) >= 0.5 * max(counts.values()), task
+    # The gender cue: pitch (oracle: librosa's YIN) separates <MALE> from <FEMALE>.
+    f0 = {"<MALE>": [], "<FEMALE>": []}
+    for s in samples[:40]:
+        y = data.decode_audio(s).numpy()
+        voiced = y[np.abs(y) > 0.01]
+        f0[s["extra"]["gender"]].append(np.median(librosa.yin(voiced, fmin=60, fmax=400, sr=16000)))
+    assert max(f0["<MALE>"]) < 170 < min(f0["<FEMALE>"])
+    # The age cue: word durations (from the generator's own word times) order child < adult < old.
+    dur = {a: [] for a in ("<CHILD>", "<ADULT>", "<OLD>")}
+    for s in samples:
+        dur[s["extra"]["age"]] += [e - b for b, e in s["extra"]["times"]]
+    assert max(dur["<CHILD>"]) < min(dur["<ADULT>"]) and max(dur["<ADULT>"]) < min(dur["<OLD>"])
+
+
+def _pooled(mel: torch.Tensor) -> np.ndarray:
+    """Utterance statistics a linear probe can read: band means / spreads / deltas over voiced
+    frames, and the pause rhythm (frames per pause inside the speech)."""
+    energy = mel.mean(0)
+    voiced = (energy > energy.max() - 0.5).numpy()
+    inner = voiced[np.argmax(voiced) : len(voiced) - np.argmax(voiced[::-1])]
+    runs = np.split(inner, np.flatnonzero(np.diff(inner.astype(int))) + 1)
+    pauses = [len(r) for r in runs if not r[0]] or [0]
+    mv = mel[:, torch.from_numpy(voiced)]
+    rhythm = [voiced.mean(), mel.shape[1] / 100, np.mean(pauses), np.std(pauses), max(pauses)]
+    rhythm += [min(pauses), len(pauses)]
+    delta = (mel[:, 1:] - mel[:, :-1]).abs().mean(1)
+    return np.concatenate([mv.mean(1), mv.std(1), delta, rhythm])
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny ops: one thread is several times faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
+    """Each label is readable from log-mel statistics by a linear probe trained on the train
+    shards and scored on the test list (its speakers are held out); words by nearest centroid."""
+    train = list(data.read_shard_list(toy["train"]))
+    test = list(data.read_raw_list(toy["test"]))
+    mels = {id(s): log_mel_spectrogram(data.decode_audio(s)) for s in train + test}
+    X = [np.stack([_pooled(mels[id(s)]) for s in ss]) for ss in (train, test)]
+    mu, sd = X[0].mean(0), X[0].std(0) + 1e-6
+    A, B = (torch.tensor((x - mu) / sd, dtype=torch.float32) for x in X)
+    for key in ("emotion", "style", "gender", "age", "event"):
+        labels = sorted({s["extra"][key] for s in train})
+        y = torch.tensor([labels.index(s["extra"][key]) for s in train])
+        probe = torch.nn.Linear(A.shape[1], len(labels))
+        opt = torch.optim.Adam(probe.parameters(), lr=0.03, weight_decay=1e-2)
+        for _ in range(200):
+            loss = torch.nn.functional.cross_entropy(probe(A), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pred = [labels[i] for i in probe(B).argmax(1).tolist()]
+        acc = np.mean([p == s["extra"][key] for p, s in zip(pred, test)])
+        assert acc >= 0.8, (key, acc)
+    # Words: the mean spectrum of each half of a word (its two syllables), nearest centroid.
+    feats = {"train": ([], []), "test": ([], [])}
+    for split, ss in (("train", train), ("test", test)):
+        for s in ss:
+            m = mels[id(s)].numpy()
+            for word, (a, b) in zip(s["extra"]["words"], s["extra"]["times"]):
+                i, j = int(a * 100), int(b * 100)
+                halves = [m[:, i : (i + j) // 2].mean(1), m[:, (i + j) // 2 : j].mean(1)]
+                feats[split][0].append(np.concatenate(halves))
+                feats[split][1].append(word)
+    (Xw, yw), (Xt, yt) = feats["train"], feats["test"]
+    Xw, Xt = np.stack(Xw), np.stack(Xt)
+    words = sorted(set(yw))
+    centroids = np.stack([Xw[[w == v for w in yw]].mean(0) for v in words])
+    pred = [words[k] for k in ((Xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
+    assert np.mean([p == w for p, w in zip(pred, yt)]) >= 0.85  # 20 words: chance 0.05
