@@ -629,7 +629,7 @@ class SpeechTextDataset(IterableDataset):
         self.epoch = 0
         self.skip: list[int] | None = None  # batches already consumed, per logical worker
         self.rotate = 0  # physical worker p runs logical worker (p + rotate) % W
-        self._intents = intent_samples("test" if self.conf.split == "test" else "train")
+        self._intents = intent_samples(self.conf.split)  # dev and test hold their phrasings out
 
     def items(self, epoch: int) -> list[tuple]:
         """The epoch's work list, identical on every rank and worker."""

@@ -8,6 +8,7 @@ place, so that the data path that builds targets and the scorer that reads outpu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -199,123 +200,118 @@ def _usable(value) -> bool:
 # ----------------------------------------------------------------------------- instruction bank
 
 # Natural-language instructions (stages 2-3), ours: the release's phrasings are not published.
-# Each is a sentence frame around one clause per intent tag; frames and clauses are split into
-# train and held-out sets, and a held-out instruction uses only held-out frames and clauses, so
-# no held-out instruction can be a train one (a test checks the strings as well).
-# {tag: (train clauses, held-out clauses)} per language.
-CLAUSES = {
+# A small compositional grammar: a sentence FRAME (politeness, en + zh) around one CLAUSE per
+# intent tag; a clause is a template whose [SLOTS] are filled from the LEXICON, concept -> words.
+# Frames and every concept's words are split three ways, train / dev / test, and a phrasing of a
+# split uses only that split's frames and words, so the three sets of phrasings are disjoint (a
+# test checks the strings too). Dev and test phrasings are new sentences made of words the
+# model never met in an instruction; what lets it understand them is what pretraining gives an
+# LLM: the toy's stage-0 corpus (toy.py) uses every word of a concept in the same non-instruction
+# contexts ("her mood changed when she heard the news" / "her emotion changed ..."), so
+# synonyms get near representations, as they do in a real LLM.
+# {lang: {concept: (train words, dev words, test words)}}
+LEXICON = {
     "en": {
-        "<asr>": (
-            [
-                "transcribe the audio",
-                "write down what is said",
-                "convert the speech into text",
-                "tell me what the speaker says",
-                "give me a transcript of the recording",
-                "write out the words you hear",
-            ],
-            ["turn this recording into written text", "type out the spoken words"],
-        ),
-        "<align>": (
-            [
-                "give the start and end time of every word",
-                "add a timestamp to each word",
-                "mark when each word begins and ends",
-            ],
-            ["tell me the timing of each word"],
-        ),
-        "<caption>": (
-            [
-                "name the sound event in the audio",
-                "tell me which non-speech sound you hear",
-                "identify the vocal event",
-            ],
-            ["say what sound the speaker makes besides talking"],
-        ),
-        "<emotion>": (
-            ["tell me the speaker's emotion", "identify the emotion in the voice", "say how the speaker feels"],
-            ["judge the mood of the speaker"],
-        ),
-        "<style>": (
-            ["tell me the speaking style", "identify the style of the speech", "say what kind of speech this is"],
-            ["classify the delivery style of the recording"],
-        ),
-        "<gender>": (
-            [
-                "tell me the speaker's gender",
-                "say whether the speaker is male or female",
-                "identify the gender of the voice",
-            ],
-            ["guess if a man or a woman is talking"],
-        ),
-        "<age>": (
-            [
-                "estimate the speaker's age group",
-                "tell me how old the speaker sounds",
-                "say whether the speaker is a child, an adult or elderly",
-            ],
-            ["judge the age of the voice"],
-        ),
-        "<chat>": (
-            [
-                "answer the question in the audio",
-                "listen to the question and reply",
-                "respond to what the speaker asks",
-            ],
-            ["give a short answer to the spoken question"],
-        ),
+        "TELL": (["tell me", "identify", "name", "say"], ["determine", "find"], ["recognise", "work out"]),
+        "SPEAKER": (["speaker", "person"], ["talker"], ["narrator"]),
+        "AUDIO": (["audio", "recording", "speech"], ["clip", "voice note"], ["sound file", "tape"]),
+        "TRANSCRIBE": (["transcribe", "write down", "write out"], ["type up", "note down"], ["type out", "jot down"]),
+        "GIVE": (["give", "list", "mark"], ["provide", "show"], ["supply", "add"]),
+        "TIMES": (["start and end times", "timestamps", "time stamps"], ["boundaries"], ["timings", "time spans"]),
+        "WORD": (["word"], ["token"], ["term"]),
+        "EVENT": (["sound event", "vocal event", "non-speech sound"], ["noise"], ["sound effect", "non-verbal sound"]),
+        "EMOTION": (["emotion", "feeling", "emotional state"], ["mood"], ["sentiment"]),
+        "STYLE": (["speaking style", "style", "genre"], ["delivery"], ["manner of speaking", "register"]),
+        "GENDER": (["gender", "sex"], ["gender"], ["sex"]),
+        "MAN": (["man", "male"], ["guy"], ["gentleman"]),
+        "WOMAN": (["woman", "female"], ["lady"], ["girl"]),
+        "AGE": (["age", "age group"], ["age range"], ["life stage"]),
+        "SOUNDS": (["sounds", "is"], ["seems"], ["appears"]),
+        "ANSWER": (["answer", "reply to", "respond to"], ["solve"], ["give an answer to"]),
+        "QUESTION": (["question", "query"], ["problem"], ["puzzle"]),
     },
     "zh": {
-        "<asr>": (
-            ["转写这段音频", "把这段语音转成文字", "写出说话人说的内容", "听写这段录音", "识别这段语音的文字内容"],
-            ["记录下音频里说的话", "把听到的话原样写下来"],
-        ),
-        "<align>": (
-            ["给出每个词的起止时间", "标注每个词的时间戳", "写出每个词开始和结束的时间"],
-            ["标出每个字说出的时刻"],
-        ),
-        "<caption>": (
-            ["识别音频中的声音事件", "告诉我除了说话还有什么声音", "判断音频里出现的非语音声音"],
-            ["听听有没有笑声咳嗽之类的声音并说出来"],
-        ),
-        "<emotion>": (
-            ["判断说话人的情绪", "告诉我说话人的心情", "识别语音中的情感"],
-            ["分析一下这个人说话时的情绪状态"],
-        ),
-        "<style>": (
-            ["判断这段话的说话风格", "识别语音的讲述风格", "告诉我这是哪种类型的讲话"],
-            ["分析一下这段录音的播讲风格"],
-        ),
-        "<gender>": (["判断说话人的性别", "告诉我说话人是男是女", "识别说话人的性别"], ["猜一猜说话的是男性还是女性"]),
-        "<age>": (
-            ["判断说话人的年龄段", "估计说话人的年龄", "告诉我说话人是儿童、成年人还是老人"],
-            ["分析说话人大概多大年纪"],
-        ),
-        "<chat>": (["回答音频中的问题", "听一下问题并回答", "针对说话人的问题作答"], ["对录音里的提问给出简短的回答"]),
+        "TELL": (["判断", "告诉我", "识别"], ["分析"], ["说说", "猜一猜"]),
+        "SPEAKER": (["说话人", "讲话的人"], ["发言人"], ["讲述者"]),
+        "AUDIO": (["音频", "录音", "语音"], ["声音片段"], ["音档"]),
+        "TRANSCRIBE": (["转写", "听写", "记录"], ["誊写"], ["抄录"]),
+        "GIVE": (["给出", "标注", "写出"], ["提供"], ["列出"]),
+        "TIMES": (["起止时间", "时间戳", "开始和结束时间"], ["时间边界"], ["时间点"]),
+        "WORD": (["词", "字"], ["单词"], ["词语"]),
+        "EVENT": (["声音事件", "非语音声音", "声学事件"], ["杂音"], ["特殊声音"]),
+        "EMOTION": (["情绪", "情感", "心情"], ["情绪状态"], ["感受"]),
+        "STYLE": (["说话风格", "讲述风格", "风格"], ["播讲方式"], ["表达方式"]),
+        "GENDER": (["性别"], ["性别"], ["性别"]),
+        "MAN": (["男", "男性"], ["男人"], ["男士"]),
+        "WOMAN": (["女", "女性"], ["女人"], ["女士"]),
+        "AGE": (["年龄", "年龄段"], ["岁数"], ["年纪"]),
+        "SOUNDS": (["听起来", "大概"], ["好像"], ["似乎"]),
+        "ANSWER": (["回答", "解答"], ["回复"], ["答复"]),
+        "QUESTION": (["问题", "提问"], ["疑问"], ["题目"]),
     },
 }
-# (train frames, held-out frames) for one clause ({a}; {A} = capitalised) and for two.
+SPLITS = ("train", "dev", "test")
+# Clause templates per tag (shared by the splits: the grammar, not the words).
+CLAUSES = {
+    "en": {
+        "<asr>": ["[TRANSCRIBE] the [AUDIO]", "[TRANSCRIBE] what the [SPEAKER] says"],
+        "<align>": ["[GIVE] the [TIMES] of each [WORD]", "[GIVE] each [WORD] with its [TIMES]"],
+        "<caption>": ["[TELL] the [EVENT] in the [AUDIO]", "[TELL] which [EVENT] the [SPEAKER] makes"],
+        "<emotion>": ["[TELL] the [SPEAKER]'s [EMOTION]", "[TELL] the [EMOTION] in the [AUDIO]"],
+        "<style>": ["[TELL] the [STYLE] of the [AUDIO]", "[TELL] the [SPEAKER]'s [STYLE]"],
+        "<gender>": [
+            "[TELL] the [SPEAKER]'s [GENDER]",
+            "[TELL] whether the [SPEAKER] is a [MAN] or a [WOMAN]",
+        ],
+        "<age>": ["[TELL] the [SPEAKER]'s [AGE]", "[TELL] how old the [SPEAKER] [SOUNDS]"],
+        "<chat>": ["[ANSWER] the [QUESTION] in the [AUDIO]", "[ANSWER] what the [SPEAKER] asks"],
+    },
+    "zh": {
+        "<asr>": ["[TRANSCRIBE]这段[AUDIO]", "把[SPEAKER]说的话[TRANSCRIBE]下来"],
+        "<align>": ["[GIVE]每个[WORD]的[TIMES]", "[GIVE]这段[AUDIO]里每个[WORD]的[TIMES]"],
+        "<caption>": ["[TELL][AUDIO]里的[EVENT]", "[TELL][SPEAKER]发出的[EVENT]"],
+        "<emotion>": ["[TELL][SPEAKER]的[EMOTION]", "[TELL]这段[AUDIO]中的[EMOTION]"],
+        "<style>": ["[TELL]这段[AUDIO]的[STYLE]", "[TELL][SPEAKER]的[STYLE]"],
+        "<gender>": ["[TELL][SPEAKER]的[GENDER]", "[TELL][SPEAKER]是[MAN]还是[WOMAN]"],
+        "<age>": ["[TELL][SPEAKER]的[AGE]", "[TELL][SPEAKER][SOUNDS]多大年纪"],
+        "<chat>": ["[ANSWER][AUDIO]中的[QUESTION]", "[ANSWER][SPEAKER]提出的[QUESTION]"],
+    },
+}
+# Frames per split for one clause ({a}; {A} = capitalised) and for two.
 FRAMES = {
     "en": {
         1: (
-            ["Please {a}.", "{A}.", "Could you {a}?", "I need you to {a}."],
-            ["Can you help me {a}?", "Listen to this clip and {a}."],
+            ["Please {a}.", "{A}.", "Could you {a}?", "I need you to {a}.", "Can you {a}?", "I want you to {a}."],
+            ["Would you {a}?", "Kindly {a}."],
+            ["Can you help me {a}?", "Listen to this clip and {a}.", "I'd like you to {a}."],
         ),
         2: (
-            ["Please {a} and {b}.", "{A}, then {b}.", "Could you {a} and also {b}?"],
-            ["First {a}; after that, {b}.", "Listen carefully, {a} and {b}."],
+            ["Please {a} and {b}.", "{A}, then {b}.", "Could you {a} and also {b}?", "{A} and {b}."],
+            ["Would you {a} and {b}?", "Kindly {a}, and then {b}."],
+            ["First {a}; after that, {b}.", "Listen carefully, {a} and {b}.", "Can you help me {a} and {b}?"],
         ),
     },
     "zh": {
-        1: (["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。"], ["你能{a}吗？", "听完这段音频后{a}。"]),
+        1: (
+            ["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。", "你可以{a}吗？"],
+            ["能不能{a}？", "劳驾{a}。"],
+            ["你能{a}吗？", "听完这段音频后{a}。"],
+        ),
         2: (
             ["请{a}，并且{b}。", "先{a}，再{b}。", "帮我{a}，同时{b}。"],
+            ["能不能{a}，然后{b}？", "劳驾{a}，并{b}。"],
             ["听完后首先{a}，然后{b}。", "麻烦{a}，另外{b}。"],
         ),
     },
 }
 # Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (SPEC §7).
 INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这条用户指令的意图"}
+# The speech instructions of stage 3 are a narrow part of the train phrasings (the first
+# SPEECH_WORDS words of every concept, the first SPEECH_FRAMES frames), the text intents all of
+# them, at most INTENT_PER_COMBO per task combination and language: as in the release, the text
+# intent set (~80 k samples there) is far richer than the speech instructions.
+SPEECH_WORDS, SPEECH_FRAMES = 1, 2
+INTENT_PER_COMBO = {"train": 320, "dev": 12, "test": 24}
 
 # The task combinations of SPEC §8 the bank covers (and the toy world holds).
 TASK_COMBOS = (
@@ -333,28 +329,48 @@ TASK_COMBOS = (
     ("<asr>", "<gender>"),
     ("<asr>", "<age>"),
 )
+_SLOT = re.compile(r"\[([A-Z]+)\]")
 
 
-def _phrasings(tags: tuple[str, ...], lang: str, heldout: bool) -> list[str]:
-    which = 1 if heldout else 0
-    clauses = [CLAUSES[lang][t][which] for t in tags]
+def _clauses(tag: str, lang: str, split: str, speech: bool = False) -> list[str]:
+    """Every filling of the tag's clause templates with the split's words."""
+    words = {c: w[SPLITS.index(split)] for c, w in LEXICON[lang].items()}
+    if speech:
+        words = {c: w[:SPEECH_WORDS] for c, w in words.items()}
     out = []
-    for frame in FRAMES[lang][len(tags)][which]:
+    for template in CLAUSES[lang][tag]:
+        slots = _SLOT.findall(template)
+        for fill in itertools.product(*(words[s] for s in slots)):
+            pieces = _SLOT.split(template)  # text, slot, text, slot, ..., text
+            pieces[1::2] = fill
+            out.append("".join(pieces))
+    return out
+
+
+@functools.cache
+def _phrasings(tags: tuple[str, ...], lang: str, split: str, speech: bool = False) -> tuple[str, ...]:
+    """Every phrasing of a tag set in one language and split (frame x clauses)."""
+    frames = FRAMES[lang][len(tags)][SPLITS.index(split)]
+    if speech:
+        frames = frames[:SPEECH_FRAMES]
+    clauses = [_clauses(t, lang, split, speech) for t in tags]
+    out = []
+    for frame in frames:
         for parts in itertools.product(*clauses):
             names = dict(zip("ab", parts))
             names.update({k.upper(): v[0].upper() + v[1:] for k, v in names.items()})
             out.append(frame.format(**names))
-    return out
+    return tuple(dict.fromkeys(out))
 
 
 def instruction_bank(tags: tuple[str, ...]) -> dict[str, list[str]]:
-    """{'train': [...], 'heldout': [...]} natural-language instructions (en + zh) for a tag set."""
+    """{'train', 'speech', 'dev', 'test'}: natural-language instructions (en + zh) for a tag set;
+    'speech' is the part of 'train' that stage 3's speech samples are asked with."""
     if len(tags) > 2 or any(t not in CLAUSES["en"] for t in tags):
         raise KeyError(f"no instructions for {''.join(tags)}")
-    return {
-        split: [s for lang in ("en", "zh") for s in _phrasings(tags, lang, split == "heldout")]
-        for split in ("train", "heldout")
-    }
+    bank = {split: [s for lang in ("en", "zh") for s in _phrasings(tags, lang, split)] for split in SPLITS}
+    bank["speech"] = [s for lang in ("en", "zh") for s in _phrasings(tags, lang, "train", speech=True)]
+    return bank
 
 
 def fixed_instruction(tags: tuple[str, ...]) -> str:
@@ -363,11 +379,16 @@ def fixed_instruction(tags: tuple[str, ...]) -> str:
 
 
 def intent_samples(split: str = "train") -> list[dict]:
-    """Stage-2 text-only samples: instruction '<ask>:<query>', target = the tag string."""
+    """Stage-2 text-only samples of a split: instruction '<ask>:<query>', target = the tag string;
+    per task combination and language at most INTENT_PER_COMBO[split] phrasings, drawn evenly."""
     out = []
     for tags in TASK_COMBOS:
         for lang in ("en", "zh"):
-            for query in _phrasings(tags, lang, heldout=split == "test"):
+            queries = _phrasings(tags, lang, split)
+            n = INTENT_PER_COMBO[split]
+            if len(queries) > n:  # an even spread: every frame and template keeps its share
+                queries = [queries[int(i)] for i in np.linspace(0, len(queries) - 1, n).round()]
+            for query in queries:
                 key = f"intent-{hashlib.blake2b(query.encode(), digest_size=6).hexdigest()}"
                 out.append(
                     {
@@ -392,9 +413,9 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
     """A read sample -> {tags, instruction, target} for one stage (SPEC §9).
 
     Stage 1: the instruction is the fixed tag string. Stages 2-3: a natural-language
-    instruction; train draws from the train phrasings, dev uses them deterministically, test
-    uses the held-out phrasings; an `instruction` in `extra` (the toy test lists carry one)
-    wins outside training. Raises BadSample for unknown tasks, empty text, bad labels."""
+    instruction drawn from the split's phrasings (train: its speech part, see SPEECH_WORDS);
+    an `instruction` in `extra` (the toy dev and test lists carry one) wins outside training.
+    Raises BadSample for unknown tasks, empty text, bad labels."""
     if sample.get("kind") == "text":
         return {k: sample[k] for k in ("tags", "instruction", "target")}
     tags = parse_task(sample.get("task"))
@@ -410,7 +431,7 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
         instruction = extra["instruction"]
     else:
         try:
-            bank = instruction_bank(tags)["heldout" if split == "test" else "train"]
+            bank = instruction_bank(tags)["speech" if split == "train" else split]
         except KeyError as e:
             raise BadSample("unknown_task", f"no instruction for {''.join(tags)}") from e
         instruction = bank[int(rng.integers(len(bank)))]

@@ -13,7 +13,6 @@ import io
 import itertools
 import json
 import os
-import re
 import shutil
 import sys
 import tarfile
@@ -26,7 +25,7 @@ import soundfile as sf
 import torch
 
 from model import PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
-from tasks import CLAUSES, FRAMES, INTENT_ASK, LABELS, TAGS, TASK_COMBOS, instruction_bank, intent_samples, make_target
+from tasks import FRAMES, INTENT_ASK, LABELS, LEXICON, TAGS, TASK_COMBOS, instruction_bank, make_target
 from whisper_enc import SAMPLE_RATE
 
 # A synthetic "language" a tiny model can learn on a CPU in minutes. Each word is two vowel-like
@@ -100,7 +99,7 @@ TOY_GAPS = {  # pause after word i (s): (short, long) ranges; poetry alternates
     "<DAILY_CONVERSATION>": (0.09, 0.13),
     "<POETRY_PROSE>": None,
 }
-TOY_SPEAKERS_PER_CLASS = 6  # per (gender, age); the last one is held out for dev and test
+TOY_SPEAKERS_PER_CLASS = 7  # per (gender, age): the last two are held out, one for dev, one for test
 TOY_DIGITS = TOY_WORDS[:10]
 
 
@@ -204,7 +203,7 @@ def _toy_speech(
 
 
 def _toy_speakers(rng: np.random.Generator) -> list[dict]:
-    out = []
+    out, held_out = [], {TOY_SPEAKERS_PER_CLASS - 2: "dev", TOY_SPEAKERS_PER_CLASS - 1: "test"}
     for g, (lo, hi) in (("<MALE>", (100, 125)), ("<FEMALE>", (200, 240))):
         for age in TOY_LABELS["<age>"]:
             f0s = np.linspace(lo, hi, TOY_SPEAKERS_PER_CLASS) * rng.uniform(0.98, 1.02)
@@ -215,7 +214,7 @@ def _toy_speakers(rng: np.random.Generator) -> list[dict]:
                         "gender": g,
                         "age": age,
                         "f0": round(float(f0), 1),
-                        "heldout": j == TOY_SPEAKERS_PER_CLASS - 1,
+                        "split": held_out.get(j, "train"),
                     }
                 )
     return out
@@ -233,7 +232,7 @@ def _toy_question(rng: np.random.Generator) -> tuple[list[str], str]:
 def _toy_utterances(rng: np.random.Generator, split: str, n_per_task: int, speakers) -> list:
     """Specs (not audio) of one split: every task combo n_per_task times, its labels balanced
     (cycled in a shuffled order); the other attributes drawn at random."""
-    pool = [s for s in speakers if s["heldout"] == (split != "train")]
+    pool = [s for s in speakers if s["split"] == split]
     specs = []
     cycles = {tags: rng.permutation(n_per_task) for tags in TASK_COMBOS}
     for i in range(n_per_task):
@@ -296,10 +295,17 @@ def _tokenizer_symbols() -> list[str]:
     return specials + list(TAGS) + list(dict.fromkeys(labels))
 
 
+# The toy's short prompts: the chat markers and each system prompt are one added piece of the
+# toy tokenizer, so the ~70-token system prompt of every sample costs the toy one token (P1 is
+# ~11 ids instead of 86). The model still reads a different prompt for speech and for text.
+# (our choice: most of a toy step's compute was the system prompt.)
+TOY_PROMPT_PIECES = ["<|im_start|>", "<|im_end|>", SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE]
+
+
 def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) -> None:
     """A toy sentencepiece model with openPangu's options (BPE, byte fallback, split digits, no
     normaliser), and beside it `tokenizer_config.json` naming its added pieces as the release's does
-    (`added_tokens_decoder`): <unk>, <s>, </s> and the user-defined pieces."""
+    (`added_tokens_decoder`): <unk>, <s>, </s> and the user-defined pieces (TOY_PROMPT_PIECES last)."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -319,7 +325,7 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) ->
         bos_id=1,
         eos_id=2,
         pad_id=-1,
-        user_defined_symbols=_tokenizer_symbols(),
+        user_defined_symbols=_tokenizer_symbols() + TOY_PROMPT_PIECES,
         num_threads=1,
         shuffle_input_sentence=False,
         input_sentence_size=0,
@@ -329,13 +335,13 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) ->
     path.write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     added = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
-    added += [sp.piece_to_id(s) for s in _tokenizer_symbols()]
+    added += [sp.piece_to_id(s) for s in _tokenizer_symbols() + TOY_PROMPT_PIECES]
     table = {str(i): {"content": sp.id_to_piece(i), "special": True} for i in sorted(added)}
     config = {"tokenizer_class": "PanguTokenizer (toy)", "added_tokens_decoder": table}
     (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
 
-TOY_VERSION = 2  # 2: tokenizer_config.json, train.json
+TOY_VERSION = 3  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces
 
 
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
@@ -349,7 +355,8 @@ def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int)
     }
 
 
-def toy_paths(root: Path) -> dict[str, Path]:
+def toy_paths(root: str | Path) -> dict[str, Path]:
+    root = Path(root)
     return {
         "root": root,
         "tokenizer": root / "tokenizer.model",
@@ -373,7 +380,7 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
     tars = []
     if split == "train":
         tars = [tarfile.open(folder / f"shards_{i:06d}.tar", "w", format=tarfile.GNU_FORMAT) for i in range(n_shards)]
-    lines, targets, seconds, labels = [], [], 0.0, Counter()
+    lines, targets, chats, seconds, labels = [], [], [], 0.0, Counter()
     for i, spec in enumerate(specs):
         a, spk = spec["attrs"], spec["speaker"]
         audio, times = _toy_speech(
@@ -393,13 +400,15 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
         }
         if spec["answer"]:
             extra["question"] = " ".join(spec["words"])
-        if split == "test":
-            bank = instruction_bank(spec["tags"])["heldout"]
+        if split != "train":  # a natural-language instruction of the split's own phrasings
+            bank = instruction_bank(spec["tags"])[split]
             extra["instruction"] = bank[int(rng.integers(len(bank)))]
         duration = len(audio) / SAMPLE_RATE
         seconds += duration
         labels.update(f"{''.join(spec['tags'])} {a[t]}" for t in spec["tags"] if t in TOY_LABELS)
         targets.append(make_target(spec["tags"], txt, extra))
+        if split == "train":
+            chats += _chat_lines(spec, times, rng)
         if split == "train":
             members = {
                 "txt": txt,
@@ -434,41 +443,129 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
     list_file = folder / ("shards_list.txt" if split == "train" else "data.list")
     list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {"utterances": len(specs), "hours": round(seconds / 3600, 4), "labels": dict(sorted(labels.items()))}
-    return {"summary": summary, "targets": targets}
+    return {"summary": summary, "targets": targets, "chats": chats}
 
 
-def _corpus(train_targets: list[str], rng: np.random.Generator) -> list[str]:
-    """Stage-0 text for the toy LLM, from the train side only (no held-out instruction in it):
-    the train targets, arithmetic facts, train intents -> tags, random word strings, and the
-    words of every instruction in random order, so that the toy LLM knows the words of a
-    held-out phrasing, as a real LLM does, without seeing the phrasing."""
-    corpus = list(train_targets)
+# Stage-0 contexts of every concept of the instruction LEXICON (tasks.py), none of them an
+# instruction: each {} takes any word of the concept, train, dev or test alike, so that a
+# concept's words share their contexts and the toy LLM gives them near representations (the
+# distributional knowledge a real LLM brings: "mood" and "emotion" live in the same sentences).
+CARRIERS = {
+    "en": {
+        "TELL": ["the teacher asked the class to {} the capital of france", "it is hard to {} the colour in the dark"],
+        "SPEAKER": ["the {} at the meeting talked for an hour", "everyone listened to the {} in the hall"],
+        "AUDIO": ["the {} from the meeting is ten minutes long", "he saved the {} on his phone"],
+        "TRANSCRIBE": ["the secretary had to {} the whole interview", "students {} the lecture in class"],
+        "GIVE": ["the guide will {} the opening hours of the museum", "the report should {} the prices"],
+        "TIMES": ["the schedule shows the {} of every train", "the editor checked the {} in the video"],
+        "WORD": ["a dictionary explains every {} of a language", "this {} is spelled with two letters"],
+        "EVENT": ["a sudden {} woke the baby", "the microphone picked up a {} in the room"],
+        "EMOTION": ["her {} changed when she heard the news", "music can change your {}"],
+        "STYLE": ["the actor changed his {} for the new play", "each radio host has a {} of their own"],
+        "GENDER": ["the form asks for your name and {}", "the survey counts people by {}"],
+        "MAN": ["a {} was waiting at the bus stop", "the {} wore a grey coat"],
+        "WOMAN": ["a {} was reading in the park", "the {} opened the shop early"],
+        "AGE": ["the ticket price depends on your {}", "the doctor wrote down the patient's {}"],
+        "SOUNDS": ["the plan {} simple enough", "the soup {} warm"],
+        "ANSWER": ["the student tried to {} the teacher's question", "she did not {} the letter"],
+        "QUESTION": ["the {} on the exam was easy", "he wrote the {} on the board"],
+    },
+    "zh": {
+        "TELL": ["老师让学生{}这幅画的颜色", "在黑暗里很难{}方向"],
+        "SPEAKER": ["会上的{}讲了一个小时", "大家都在听台上的{}"],
+        "AUDIO": ["这段会议的{}有十分钟", "他把{}存在手机里"],
+        "TRANSCRIBE": ["秘书要{}整场采访", "学生在课上{}老师的讲课"],
+        "GIVE": ["导游会{}博物馆的开放时间", "报告里要{}价格"],
+        "TIMES": ["时刻表上有每趟列车的{}", "编辑检查了视频里的{}"],
+        "WORD": ["字典解释语言里的每个{}", "这个{}很难写"],
+        "EVENT": ["一阵{}吵醒了孩子", "麦克风录到了房间里的{}"],
+        "EMOTION": ["听到消息后她的{}变了", "音乐能改变人的{}"],
+        "STYLE": ["演员为新戏换了{}", "每个主持人都有自己的{}"],
+        "GENDER": ["表格上要填姓名和{}", "调查按{}统计人数"],
+        "MAN": ["车站有一位{}在等车", "那位{}穿着灰色外套"],
+        "WOMAN": ["公园里有一位{}在看书", "那位{}很早就开了店"],
+        "AGE": ["票价取决于你的{}", "医生记下了病人的{}"],
+        "SOUNDS": ["这个计划{}很简单", "这碗汤{}还是热的"],
+        "ANSWER": ["学生想{}老师的问题", "她没有{}那封信"],
+        "QUESTION": ["考试里的{}很简单", "他把{}写在黑板上"],
+    },
+}
+SYNONYM = {"en": ("{} means {}", "{} is another word for {}"), "zh": ("{}就是{}的意思", "{}和{}意思一样")}
+# Frames (all splits) around requests that are no speech task: the toy LLM knows the politeness
+# words of a dev or test frame without ever seeing one around a speech task.
+OTHER_REQUESTS = {
+    "en": ["close the door", "open the window", "read the letter", "call your sister", "water the plants"],
+    "zh": ["关上门", "打开窗户", "读一下这封信", "给你姐姐打电话", "浇一下花"],
+}
+
+
+def _chat_lines(spec: dict, times, rng: np.random.Generator) -> list[str]:
+    """Stage-0 chat lines of one train utterance: the prompt layout of SPEC §7 with the speech
+    span written out as text (what the audio holds: its words with their times, then every label
+    it carries), the fixed tag instruction before it, the target after P2: for the utterance's own
+    task and for one other. An instruct LLM such as openPangu knows the chat template and how to
+    pick out of the user's turn what is asked; the toy learns that here, so that stage 1 (LLM
+    frozen) only has to make the speech look like such a turn. No natural-language instruction
+    is in them: understanding those is stages 2-3's job."""
+    attrs = spec["attrs"]
+    held = [attrs[t] for t in ("<gender>", "<age>", "<emotion>", "<style>", "<caption>") if attrs[t]]
+    heard = " ".join(f"{w}<{a:.1f},{b:.1f}>" for w, (a, b) in zip(spec["words"], times)) + "".join(held)
+    p1, p2 = pattern1(SYSTEM_SPEECH), "<s>" + PATTERN2
+    combos = [spec["tags"]]
+    if spec["tags"] != ("<chat>",):
+        others = [t for t in TASK_COMBOS if t != ("<chat>",) and (t != ("<caption>",) or attrs["<caption>"])]
+        combos.append(others[int(rng.integers(len(others)))])
+    lines = []
+    for tags in combos:
+        if any(attrs.get(t) is None for t in tags if t in TOY_LABELS):  # no event in this audio
+            continue
+        target = make_target(tags, _toy_text({**spec, "tags": tags}, times), {})
+        lines.append(f"{p1}{''.join(tags)} {heard}{p2}{target}")
+    return lines
+
+
+def _corpus(train_targets: list[str], chats: list[str], rng: np.random.Generator) -> list[str]:
+    """Stage-0 text for the toy LLM, from the train side only (no dev or test phrasing in it, and
+    no intent -> tag pair: stage 2 teaches that): the train targets, arithmetic facts, random word
+    strings, train phrasings as plain text, and the language of the instructions (CARRIERS,
+    SYNONYM, OTHER_REQUESTS over every word of the LEXICON), as a real LLM knows its language."""
+    corpus = list(train_targets) + list(chats)
     for a, b in itertools.product(range(10), repeat=2):
         if a + b <= 9:
             corpus.append(f"what is {TOY_DIGITS[a]} plus {TOY_DIGITS[b]} ? {TOY_DIGITS[a + b]}")
         if a >= b:
             corpus.append(f"what is {TOY_DIGITS[a]} minus {TOY_DIGITS[b]} ? {TOY_DIGITS[a - b]}")
-    corpus += [f"{s['instruction']} {s['target']}" for s in intent_samples("train")]
     corpus += [" ".join(rng.choice(TOY_WORDS, int(rng.integers(3, 8)))) for _ in range(1000)]
-    texts = {
-        lang: [s for t in CLAUSES[lang].values() for c in t for s in c]
-        + [re.sub(r"\{[aAbB]\}", " ", f) for n in (1, 2) for c in FRAMES[lang][n] for f in c]
-        for lang in ("en", "zh")
-    }
-    en = sorted({w for s in texts["en"] for w in s.split()})
-    zh = sorted({ch for s in texts["zh"] for ch in s if not ch.isspace()})
-    corpus += [" ".join(rng.choice(en, int(rng.integers(4, 10)))) for _ in range(600)]
-    corpus += ["".join(rng.choice(zh, int(rng.integers(4, 12)))) for _ in range(600)]
+    for lang in ("en", "zh"):
+        train = [s for tags in TASK_COMBOS for s in instruction_bank(tags)["train"] if (s.isascii() == (lang == "en"))]
+        corpus += [train[int(i)] for i in rng.permutation(len(train))[:800]]
+        for concept, carriers in CARRIERS[lang].items():
+            words = [w for split in LEXICON[lang][concept] for w in split]
+            words = list(dict.fromkeys(words))
+            for _ in range(60):
+                corpus.append(carriers[int(rng.integers(len(carriers)))].format(words[int(rng.integers(len(words)))]))
+            for x, y in itertools.permutations(words, 2):
+                corpus += [t.format(x, y) for t in SYNONYM[lang]]
+        for split in FRAMES[lang][1]:
+            for frame in split:
+                for request in OTHER_REQUESTS[lang]:
+                    corpus.append(frame.format(a=request, A=request[0].upper() + request[1:]))
+        for split in FRAMES[lang][2]:
+            for frame in split:
+                a, b = rng.choice(OTHER_REQUESTS[lang], 2, replace=False)
+                corpus.append(frame.format(a=a, b=b, A=a[0].upper() + a[1:], B=b[0].upper() + b[1:]))
     return [corpus[i] for i in rng.permutation(len(corpus))]
 
 
 def _write_tokenizer(corpus: list[str], folder: Path) -> None:
-    """The toy sentencepiece model, trained on the corpus, the prompts and every label (never a
-    held-out phrasing), and the `tokenizer_config.json` of its added pieces, as the release has."""
+    """The toy sentencepiece model, trained on the corpus, the prompts, every label and every word
+    of the instruction lexicon (never a dev or test phrasing), and the `tokenizer_config.json` of
+    its added pieces, as the release has."""
     chatml = pattern1("").split("\n") + PATTERN2.split("\n")  # so the toy prompts are short
     prompts = [SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE, *chatml]
     labels = [f"{lab} {lab.strip('<>').lower().replace('_', ' ')}" for labs in LABELS.values() for lab in labs]
-    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels
+    words = [w for lang in LEXICON.values() for ws in lang.values() for split in ws for w in split]
+    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels + words * 10
     train_toy_tokenizer([t for t in text if t.strip()], folder / "tokenizer.model")
 
 
@@ -482,16 +579,17 @@ def build_toy_world(
     rng = np.random.default_rng(seed)
     speakers = _toy_speakers(rng)
     summary = {"params": _toy_params(seed, n_train, n_dev, n_test, n_shards), "splits": {}}
-    train_targets = []
+    train_targets, chats = [], []
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         written = _write_split(root, split, _toy_utterances(rng, split, n, speakers), rng, n_shards)
         summary["splits"][split] = written["summary"]
         if split == "train":
-            train_targets = written["targets"]
+            train_targets, chats = written["targets"], written["chats"]
     mix = {"toy_shards": {"path": "train/shards_list.txt", "weight": 1.0, "type": "shard"}}
     paths["train_mix"].write_text(json.dumps(mix, indent=1) + "\n", encoding="utf-8")
-    corpus = _corpus(train_targets, rng)
-    paths["corpus"].write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    corpus = _corpus(train_targets, chats, rng)
+    # one document a line; the chat lines' newlines are written as the two characters \\n
+    paths["corpus"].write_text("\n".join(c.replace("\n", "\\n") for c in corpus) + "\n", encoding="utf-8")
     _write_tokenizer(corpus, root)
     summary["speakers"] = speakers
     summary["label_sets"] = {t: list(v) for t, v in TOY_LABELS.items()}
@@ -595,7 +693,7 @@ def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int
 
 def corpus_loaders(corpus: Path, tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
     """(train loader, maker of dev batches) over the stage-0 corpus: its last 5 % of lines are dev."""
-    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.replace("\\n", "\n") for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     n_dev = max(len(lines) // 20, 1)
     blocks = dict(tokenizer=tokenizer, block=block, batch=batch, seed=seed, rank=rank, world=world)
     dev = corpus_blocks(lines[-n_dev:], **blocks)

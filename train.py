@@ -48,16 +48,18 @@ RELEASE = dict(
     save_every=2000,
     log_every=10,
 )
-# Toy presets: sized so that `python train.py --stage 1` (stage 0 included) takes minutes on a
-# 2-core CPU. (our choice, tuned on the toy world; the recipe is otherwise the release's.)
+# Toy presets: the schedule of the toy study (study.py), sized so that the whole study takes
+# minutes on a 2-core CPU. (our choice, tuned on the toy world's dev split; the recipe is
+# otherwise the release's.) "joint" is the ablation: stages 1-3 in one run, s1 + s2 + s3 steps.
 TOY = {
-    0: dict(lr=2e-3, warmup=20, steps=100),
-    1: dict(lr=2e-3, warmup=20, steps=100),
-    2: dict(lr=1e-3, warmup=20, steps=100),
-    3: dict(lr=1e-3, warmup=20, steps=100),
+    0: dict(lr=3e-3, warmup=30, steps=300, block=256, batch_size=8),
+    1: dict(lr=3e-3, warmup=30, steps=300),
+    2: dict(lr=3e-3, warmup=20, steps=200),
+    3: dict(lr=3e-3, warmup=20, steps=300),
 }
+TOY["joint"] = dict(lr=TOY[3]["lr"], warmup=TOY[1]["warmup"], steps=sum(TOY[s]["steps"] for s in (1, 2, 3)))
 TOY_COMMON = dict(
-    accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50, eval_batches=4, save_every=50, log_every=5
+    accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50, eval_batches=4, save_every=100, log_every=5
 )
 TOY_PRESETS = ("toy",)
 
@@ -401,10 +403,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=16,
         help="text-only batches: samples (stage 0: blocks of --block ids)",
     )
-    p.add_argument("--block", type=int, default=64, help="stage 0: ids per training block")
+    p.add_argument("--block", type=int, help="stage 0: ids per training block (toy: 256, so that most chat lines fit)")
     p.add_argument(
         "--text-weight",
         type=float,
@@ -428,11 +429,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=20,
         help="stop after this many steps with a non-finite loss or gradient",
     )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="with --stage 3: the ablation (direct joint training): from --llm with a fresh encoder and "
+        "adapter, encoder + adapter + LoRA on stages 1-3's batches at once (see MixLoader)",
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     args = p.parse_args(argv)
     toy = args.preset in TOY_PRESETS
-    defaults = {**TOY_COMMON, **TOY[args.stage]} if toy else RELEASE
+    if args.joint and (args.stage != 3 or not toy or args.llm is None):
+        p.error("--joint is the toy ablation: --stage 3 --preset toy --llm <the stage-0 LLM>")
+    defaults = {**TOY_COMMON, **TOY["joint" if args.joint else args.stage]} if toy else RELEASE
+    if args.batch_size is None:
+        args.batch_size = defaults.get("batch_size", 16)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -468,6 +479,42 @@ def speech_step(model, batch):
     return out["loss"], int(out["n_tokens"])
 
 
+class MixLoader:
+    """The ablation's data (toy study, Table 6): one epoch = counts[i] batches of loaders[i],
+    interleaved in a seeded random order, each loader going on where it stopped. With counts =
+    the steps of stages 1, 2, 3 the joint run sees the same batches as the three stages, only
+    all at once. state_dict() holds every loader's position."""
+
+    def __init__(self, loaders: list, counts: list[int], seed: int):
+        self.loaders, self.counts, self.seed = loaders, counts, seed
+        self.epoch, self.batches = 0, 0
+        self._iters = [None] * len(loaders)
+
+    def state_dict(self) -> dict:
+        loaders = [loader.state_dict() for loader in self.loaders]
+        return {"epoch": self.epoch, "batches_consumed": self.batches, "loaders": loaders}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batches = state["epoch"], state["batches_consumed"]
+        for loader, s in zip(self.loaders, state["loaders"]):
+            loader.load_state_dict(s)
+        self._iters = [None] * len(self.loaders)
+
+    def _next(self, i: int):
+        if self._iters[i] is None:
+            self._iters[i] = forever(self.loaders[i])
+        return next(self._iters[i])
+
+    def __iter__(self):
+        order = [i for i, n in enumerate(self.counts) for _ in range(n)]
+        order = [order[j] for j in np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
+        while self.batches < len(order):
+            batch = self._next(order[self.batches])
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+
 def build_data(args, tokenizer_file: Path, rank: int, world: int):
     """This rank's training batches (a loader that records its position) and a maker of
     dev-batch iterables. Stage 0 reads the toy corpus; stages 1-3 go through data.py."""
@@ -489,6 +536,12 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
     train_data = data.make_loader(
         args.data or world_paths["train"], split="train", num_workers=args.num_workers, **conf
     )
+    if args.joint:  # the ablation: the batches of stages 1, 2 and 3 (this one), in one run
+        loaders = [
+            data.make_loader(args.data or world_paths["train"], split="train", **{**conf, "stage": s}) for s in (1, 2)
+        ]
+        counts = [TOY[s]["steps"] * args.steps // TOY["joint"]["steps"] for s in (1, 2)]
+        train_data = MixLoader([*loaders, train_data], [*counts, args.steps - sum(counts)], args.seed)
     dev_list = args.dev_data or (world_paths["dev"] if world_paths else None)
     if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
@@ -536,7 +589,7 @@ def save_final(out: Path, model, tokenizer_file: Path | None) -> Path:
 def missing_toy_stages(args) -> list[int]:
     """The earlier toy stages, oldest first, that `args.stage` needs and that have no `final/` yet
     (0 = the toy LLM). A fresh clone's `--stage 3` trains 0, 1 and 2 first."""
-    if args.preset not in TOY_PRESETS or args.init is not None or (args.stage == 1 and args.llm):
+    if args.preset not in TOY_PRESETS or args.init is not None or ((args.stage == 1 or args.joint) and args.llm):
         return []
     run_dir, missing = Path(args.out).parent, []
     for s in range(args.stage - 1, -1, -1):
@@ -588,7 +641,7 @@ def run(args) -> dict:
         if world > 1:
             dist.barrier()
     prev = out.parent / f"stage{args.stage - 1}" / "final"  # runs/<preset>/stage<N-1>/final
-    needs_prev = args.stage > 0 and args.init is None and (args.stage > 1 or args.llm is None)
+    needs_prev = args.stage > 0 and args.init is None and (args.stage > 1 or args.llm is None) and not args.joint
     if needs_prev and not prev.exists():
         raise SystemExit(
             f"stage {args.stage} starts from {prev}, which does not exist: "
@@ -609,7 +662,7 @@ def run(args) -> dict:
         cfg_json = dict(format="pangu-stage0", config=model.cfg.to_json())
         step_fn = pretrain_step
     else:
-        if args.stage == 1 and args.init is None:
+        if (args.stage == 1 or args.joint) and args.init is None:
             cfg = IOSUMConfig.from_name(args.preset)
             model = build_stage1_model(cfg, args.whisper, args.llm or str(prev))
             say(f"starting from LLM {args.llm or prev}, encoder {args.whisper or '(fresh)'}")

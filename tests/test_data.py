@@ -156,9 +156,9 @@ def test_stage_prompts(toy):
     assert p1["instruction"] == "".join(tags)  # stage 1: the fixed tag
     p3 = tasks.build_prompt(sample, 3, "test", rng)
     assert p3["instruction"] == sample["extra"]["instruction"]
-    assert p3["instruction"] in tasks.instruction_bank(tags)["heldout"]
+    assert p3["instruction"] in tasks.instruction_bank(tags)["test"]
     p3_train = tasks.build_prompt(sample, 3, "train", rng)
-    assert p3_train["instruction"] in tasks.instruction_bank(tags)["train"]
+    assert p3_train["instruction"] in tasks.instruction_bank(tags)["speech"]
     assert p1["target"] == p3["target"] == p3_train["target"]
     assert p1["target"].startswith("".join(tags))
 

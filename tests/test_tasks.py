@@ -46,14 +46,24 @@ def test_bad_tasks_and_labels_raise_with_reason(task, txt, reason):
     assert e.value.reason == reason
 
 
-def test_train_and_heldout_phrasings_disjoint_for_every_task():
+def test_train_dev_test_phrasings_disjoint_for_every_task():
     for tags in tasks.TASK_COMBOS:
         bank = tasks.instruction_bank(tags)
-        assert bank["train"] and bank["heldout"], tags
-        assert not set(bank["train"]) & set(bank["heldout"]), tags
-        for split in ("train", "heldout"):  # both languages on both sides
-            assert any(s.isascii() for s in bank[split]) and not all(s.isascii() for s in bank[split])
-    train = {s["instruction"] for s in tasks.intent_samples("train")}
-    test = {s["instruction"] for s in tasks.intent_samples("test")}
-    assert train and test and not train & test
+        for split in ("train", "dev", "test"):  # both languages in every split
+            assert any(s.isascii() for s in bank[split]) and not all(s.isascii() for s in bank[split]), split
+        for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+            assert not set(bank[a]) & set(bank[b]), (tags, a, b)
+        assert bank["speech"] and set(bank["speech"]) < set(bank["train"])  # narrower than the text
+    intents = {split: {s["instruction"] for s in tasks.intent_samples(split)} for split in ("train", "dev", "test")}
+    assert all(intents.values())
+    assert not intents["train"] & intents["dev"] and not intents["train"] & intents["test"]
+    assert not intents["dev"] & intents["test"]
+    assert len(intents["train"]) > 5 * sum(len(tasks.instruction_bank(t)["speech"]) for t in tasks.TASK_COMBOS)
     assert {s["target"] for s in tasks.intent_samples("test")} == {"".join(t) for t in tasks.TASK_COMBOS}
+
+
+def test_dev_and_test_words_are_new_to_instructions():
+    """Every concept has words that no train phrasing uses (the synonyms stage 0 teaches)."""
+    for lang, lexicon in tasks.LEXICON.items():
+        new = [w for c, (train, dev, test) in lexicon.items() for w in dev + test if w not in train]
+        assert len(new) >= len(lexicon), lang

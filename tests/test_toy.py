@@ -40,11 +40,38 @@ def test_toy_world_is_deterministic(tmp_path):
     assert a["index"].stat().st_mtime_ns == stamp
 
 
-def test_stage0_corpus_holds_no_heldout_instruction(toy):
+def test_stage0_corpus_holds_no_dev_or_test_instruction(toy):
     corpus = toy["corpus"].read_text(encoding="utf-8")
-    heldout = [s for t in tasks.TASK_COMBOS for s in tasks.instruction_bank(t)["heldout"]]
-    assert heldout and not [s for s in heldout if s in corpus]
-    assert [s for t in tasks.TASK_COMBOS for s in tasks.instruction_bank(t)["train"] if s in corpus]
+    banks = [tasks.instruction_bank(t) for t in tasks.TASK_COMBOS]
+    held_out = [s for b in banks for split in ("dev", "test") for s in b[split]]
+    assert held_out and not [s for s in held_out if s in corpus]
+    assert [s for b in banks for s in b["train"] if s in corpus]
+    assert tasks.INTENT_ASK["en"] not in corpus  # no intent -> tag pair: stage 2 teaches those
+    # ... but the dev and test words are there, in contexts that are no instruction
+    for lang, lexicon in tasks.LEXICON.items():
+        for concept, (_, dev, test) in lexicon.items():
+            assert all(w in corpus for w in dev + test), (lang, concept)
+
+
+def test_toy_speakers_and_utterances_disjoint_across_splits(toy):
+    index = json.loads(toy["index"].read_text(encoding="utf-8"))
+    by_split = {s: {spk["id"] for spk in index["speakers"] if spk["split"] == s} for s in ("train", "dev", "test")}
+    assert all(by_split.values()) and sum(map(len, by_split.values())) == len(index["speakers"])
+    seen = {
+        "train": list(data.read_shard_list(toy["train"])),
+        "dev": list(data.read_raw_list(toy["dev"])),
+        "test": list(data.read_raw_list(toy["test"])),
+    }
+    keys = [s["key"] for ss in seen.values() for s in ss]
+    assert len(keys) == len(set(keys))
+    for split, samples in seen.items():
+        speakers = {
+            json.loads(s["extra"])["speaker"] if isinstance(s["extra"], str) else s["extra"]["speaker"] for s in samples
+        }
+        assert speakers <= by_split[split], split
+        if split != "train":  # each utterance asked with a phrasing of its own split
+            for s in samples:
+                assert s["extra"]["instruction"] in tasks.instruction_bank(tasks.parse_task(s["task"]))[split]
 
 
 def test_toy_tokenizer_has_the_contract_layout(toy):
@@ -68,7 +95,7 @@ def test_toy_tokenizer_has_the_contract_layout(toy):
     # tokenizer_config.json names the added pieces as the release's does: PanguTokenizer reads it
     table = json.loads((toy["tokenizer"].parent / "tokenizer_config.json").read_text())["added_tokens_decoder"]
     pieces = ["<unk>", "<s>", "</s>", "<|User|>:", "<|Bot|>:", *(f"[unused{i}]" for i in range(34))]
-    pieces += [*tasks.TAGS, *(lab for labs in tasks.LABELS.values() for lab in labs)]
+    pieces += [*tasks.TAGS, *(lab for labs in tasks.LABELS.values() for lab in labs), *toy_world.TOY_PROMPT_PIECES]
     assert {int(i): v["content"] for i, v in table.items()} == {sp.piece_to_id(p): p for p in pieces}
     tok = PanguTokenizer(toy["tokenizer"])
     assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 15, 0, 1024)
