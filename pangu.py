@@ -323,7 +323,8 @@ class LoRALinear(nn.Module):
             nn.init.zeros_(self.lora_B.weight)
 
     def delta_weight(self):
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+        """scaling * B @ A (out, in), in float32 whatever the weights' dtype."""
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     @torch.no_grad()
     def merge(self):

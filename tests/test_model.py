@@ -546,7 +546,7 @@ def test_text_batch_is_one_token_sequence():
 def test_generate_with_tokenizer_text(reference_dir):
     """Text in and out through the openPangu tokenizer rules (the reference's stand-in model):
     a text instruction gives the ids of its tokenization; ids decode to the returned text."""
-    from pangu import PanguTokenizer
+    from tokenizer import PanguTokenizer
 
     tok_file = reference_dir / "tokenizer" / "tokenizer.model"
     tok = PanguTokenizer(tok_file)
