@@ -415,3 +415,66 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
             raise BadSample("unknown_task", f"no instruction for {''.join(tags)}") from e
         instruction = bank[int(rng.integers(len(bank)))]
     return {"tags": tags, "instruction": instruction, "target": target}
+
+
+# ----------------------------------------------------------------------------- reading a model's output
+
+# The inverse of make_target, used by the scorer (ifr_eval.py), so that what training writes and
+# what evaluation reads cannot drift. An output is: a leading run of intent tags (spaces between
+# them ignored), then the body; the body ends with a run of label tokens (upper case, one token
+# each, e.g. `<HAPPY>`); what is left is the text: a transcript, `word<start,end>` units for
+# `<align>` (seconds, as toy.py writes them: `hello<0.1,0.5> world<0.6,1.0>`), or a chat answer.
+TOKEN = re.compile(r"<[^<>]+>")  # any angle-bracket token, as parse_task reads them
+LABEL_TOKENS = frozenset(label for labels in LABELS.values() for label in labels)
+_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
+STAMP = re.compile(rf"<{_NUMBER},{_NUMBER}>")  # `<0.1,0.5>`: start, end in seconds
+STAMP_LIKE = re.compile(r"<[\d.,\s+\-]*\d[\d.,\s+\-]*>")  # numbers only: a stamp or a malformed one
+_UNIT = rf"([^<>\s]+){STAMP.pattern}"  # word<start,end>
+_UNITS = re.compile(rf"(?:\s*{_UNIT})+\s*")
+_LEADING_TAG = re.compile(r"\s*(" + "|".join(map(re.escape, TAGS)) + ")")
+_TRAILING_LABEL_RUN = re.compile(r"(?:\s*<[A-Z][A-Z0-9_]*>)+\s*$")
+
+
+def parse_output(output: str) -> dict:
+    """'<asr><emotion>i am fine<HAPPY>' -> {'tags': ('<asr>', '<emotion>'),
+    'body': 'i am fine<HAPPY>', 'labels': ('<HAPPY>',), 'text': 'i am fine'}.
+
+    `tags` are as written (order and repeats kept); `labels` are the body's trailing run of
+    label-shaped tokens (`<UPPER_CASE>`), known or not: judging them is the scorer's job."""
+    tags, pos = [], 0
+    while m := _LEADING_TAG.match(output, pos):
+        tags.append(m.group(1))
+        pos = m.end()
+    body = output[pos:].strip()
+    m = _TRAILING_LABEL_RUN.search(body)
+    labels = tuple(TOKEN.findall(m.group(0))) if m else ()
+    text = body[: m.start()].strip() if m else body
+    return {"tags": tuple(tags), "body": body, "labels": labels, "text": text}
+
+
+def read_labels(tags: tuple[str, ...], labels: tuple[str, ...]) -> dict[str, str] | None:
+    """Assign written labels to the label tasks among `tags` by set membership: {tag: label}, or
+    None unless each task gets exactly one label of its own set and every label is used.
+
+    `<OTHER>` is in several sets (caption, emotion, style): it stands for any one of them, so two
+    such tasks need `<OTHER><OTHER>`; a single `<OTHER>` covers only one."""
+    label_tags = [t for t in tags if t in LABELS]
+    if len(labels) != len(label_tags):
+        return None
+    for order in itertools.permutations(labels):  # at most 2 label tasks in SPEC §8: tiny
+        if all(label in LABELS[t] for t, label in zip(label_tags, order)):
+            return dict(zip(label_tags, order))
+    return None
+
+
+def split_stamps(text: str) -> list[tuple[str, float, float]] | None:
+    """'hello<0.1,0.5> world<0.6,1.0>' -> [('hello', 0.1, 0.5), ('world', 0.6, 1.0)]; None unless
+    the whole text is one or more `word<start,end>` units (Chinese units need no spaces)."""
+    if not _UNITS.fullmatch(text):
+        return None
+    return find_stamps(text)
+
+
+def find_stamps(text: str) -> list[tuple[str, float, float]]:
+    """Every `word<start,end>` unit in `text`, whatever lies between them (for scoring)."""
+    return [(w, float(s), float(e)) for w, s, e in re.findall(_UNIT, text)]
