@@ -1,4 +1,4 @@
-"""Adapter parity with the original code's tensors (shared/reference) and batch invariance."""
+"""Adapter parity with the original code's tensors (tests/fixtures/reference) and batch invariance."""
 
 import pytest
 import torch
@@ -9,9 +9,9 @@ from adapter import (
     Adapter,
     AdapterConfig,
     adapter_state_dict,
-    check_pe,
     sinusoids_interleaved,
 )
+from whisper_enc import check_positions
 
 ATOL = 1e-5
 
@@ -113,8 +113,8 @@ def test_position_table_checked_and_dropped(fixtures):
         sinusoids_interleaved(40, 64), fixtures["pe_speech_transformer_first40"], atol=1e-6, rtol=0
     )
     pe = sinusoids_interleaved(5000, 64)[None]
-    check_pe(pe)
-    check_pe(pe.bfloat16())
+    check_positions(PE_KEY, pe, sinusoids_interleaved)
+    check_positions(PE_KEY, pe.bfloat16(), sinusoids_interleaved)
     sd = adapter_state_dict({PE_KEY: pe, "speech_llama_proj.bias": torch.zeros(2), "x.y": 1})
     assert list(sd) == ["speech_llama_proj.bias"]
     whisper_style = torch.cat([pe[..., 0::2], pe[..., 1::2]], -1)  # [sin | cos]: wrong table
