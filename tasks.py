@@ -425,7 +425,6 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
 # each, e.g. `<HAPPY>`); what is left is the text: a transcript, `word<start,end>` units for
 # `<align>` (seconds, as toy.py writes them: `hello<0.1,0.5> world<0.6,1.0>`), or a chat answer.
 TOKEN = re.compile(r"<[^<>]+>")  # any angle-bracket token, as parse_task reads them
-LABEL_TOKENS = frozenset(label for labels in LABELS.values() for label in labels)
 _NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
 STAMP = re.compile(rf"<{_NUMBER},{_NUMBER}>")  # `<0.1,0.5>`: start, end in seconds
 STAMP_LIKE = re.compile(r"<[\d.,\s+\-]*\d[\d.,\s+\-]*>")  # numbers only: a stamp or a malformed one
