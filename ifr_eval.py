@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     runs = {}
     for arg in args.results:
-        name, _, path = arg.partition("=") if "=" in arg and not Path(arg).exists() else (arg, "", arg)
+        name, _, path = arg.partition("=") if "=" in arg and not Path(arg).exists() else (Path(arg).stem, "", arg)
         if name in runs:
             p.error(f"two runs named {name!r}")
         if not Path(path).is_file():
