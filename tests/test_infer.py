@@ -2,13 +2,16 @@
 audio get their error line while the rest is decoded, and a killed run resumes to the same file."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import infer
+import tasks
 import toy
 from model import IOSUMConfig, IOSUMPangu
+from whisper_enc import load_audio
 
 MAX_NEW = 6  # a random model rarely stops: a few tokens per line keep the test fast
 
@@ -120,3 +123,31 @@ def test_missing_checkpoint_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/ here: the default checkpoint is the study's
     with pytest.raises(SystemExit, match="study.py"):
         infer.main(["--data", "x.list", "--out", "o.jsonl", "--device", "cpu"])
+
+
+def test_released_checkpoint_decodes_with_the_release_layout(reference_dir, tmp_path):
+    """`--checkpoint step_N.pt --llm DIR`: the release's state dict (the reference checkpoint of the
+    original code) with the LLM folder's config.json and tokenizer, decoded by default with the
+    release's generate() prompt. The reference has no tokenizer of its 512-piece vocabulary, so the
+    LLM folder gets a 512-piece toy one (ids stay inside the vocabulary)."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    shutil.copyfile(reference_dir / "config.json", llm / "config.json")
+    text = [s for t in tasks.CLAUSES["en"].values() for c in t for s in c] + list(toy.TOY_WORDS)
+    toy.train_toy_tokenizer(text * 5, llm / "tokenizer.model", vocab_size=512)
+    lst = tmp_path / "data.list"
+    line = {"key": "ref", "wav": str(reference_dir / "input.wav"), "txt": "x", "task": "<TRANSCRIBE>"}
+    lst.write_text(json.dumps({**line, "instruction": "transcribe the audio please"}) + "\n")
+    argv = ["--checkpoint", str(reference_dir / "checkpoint.pt"), "--llm", str(llm), "--config", "reference-tiny"]
+    infer.main(
+        argv + ["--data", str(lst), "--out", str(tmp_path / "r.jsonl"), "--device", "cpu", "--max-new-tokens", "5"]
+    )
+    got = json.loads((tmp_path / "r.jsonl").read_text())
+    model = IOSUMPangu.from_pretrained(reference_dir / "checkpoint.pt", llm_dir=llm, config="reference-tiny").eval()
+    want, ids = model.generate(
+        audio=[load_audio(reference_dir / "input.wav")],
+        instruction=["transcribe the audio please"],
+        layout="release",
+        max_new_tokens=5,
+    )
+    assert got["output"] == want[0] and got["n_tokens"] == len(ids[0]) == 5 and got["finished"] is False
