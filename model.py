@@ -134,7 +134,7 @@ PRESETS = {
         lora_alpha=32.0,
         lora_dropout=0.1,
     ),
-    # the toy study (contract sizes): encoder 0.48 M, adapter 0.59 M, speech-token table
+    # the toy study: encoder 0.48 M, adapter 0.59 M, speech-token table
     # 1.05 M, LLM 3.43 M, LoRA 0.12 M: 5.67 M in all
     "toy": dict(
         whisper=("toy", dict(dropout=0.1)),
@@ -144,7 +144,7 @@ PRESETS = {
         lora_alpha=4.0,  # scaling 0.5, as the release's 32 / 64
         lora_dropout=0.1,
     ),
-    # shared/reference (the original code on tiny dims): encoder 64 / 4 heads / 2 blocks / FFN
+    # tests/fixtures/reference (the original code on tiny dims): encoder 64 / 4 heads / 2 blocks / FFN
     # 256; the adapter keeps the release's hard-coded 4 blocks, 4 heads, FFN 2560; LLM 64 wide,
     # 2 layers, 4 heads, 2 kv heads, FFN 160, vocab 512; LoRA r 8, alpha 16. 1.99 M (2.26 M
     # with the unused ln_speech and speech_head, as its report.json counts).

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from checkpoint import load_strict, read_tensors
-from tokenizer import PanguTokenizer  # noqa: F401  (transition: data.py / train.py; removed next)
 
 BOS_ID = 1  # <s>
 EOS_ID = 45892  # [unused10]: the release stops generation here

@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pangu  # noqa: E402
+from checkpoint import count_params  # noqa: E402
 from cpu_decode import pack_for_cpu  # noqa: E402
 from pangu import Pangu, PanguConfig, generate  # noqa: E402
 
@@ -149,7 +150,7 @@ def main():
         for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.05)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     # a decode step reads every weight but the embedding table (one row per token)
     step_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step_bytes -= model.model.embed_tokens.weight.numel() * dtype.itemsize

@@ -104,9 +104,7 @@ def test_reference_single_utterance(reference_dir, reference_safetensors, fx, fm
     g = model.build_inputs(single_batch(fx, target=False), layout="release", with_target=False)
     close(g["inputs_embeds"][0], fx["generate_inputs_embeds"])
     assert g["attention_mask"].bool().all()
-    greedy = model.generate_ids(
-        single_batch(fx, False), max_new_tokens=16, repetition_penalty=1.0, eos_id=EOS_STANDIN
-    )
+    greedy = model.generate_ids(single_batch(fx, False), max_new_tokens=16, repetition_penalty=1.0, eos_id=EOS_STANDIN)
     assert greedy == [fx["generate_ids"].tolist()]
     # the release's defaults: its generate() prompt and repetition penalty 1.05
     default = model.generate_ids(single_batch(fx, False), max_new_tokens=16, eos_id=EOS_STANDIN)
@@ -230,18 +228,14 @@ def test_bf16_checkpoint_and_bf16_model(reference_dir, reference_safetensors, fx
         # the reference measured 6.1e-3 (logits) and 4.3e-5 (loss) for its own bf16 run
         close(out["logits"][0].float(), fx["forward_logits"], atol=3e-2, rtol=0)
         assert abs(out["loss"].item() - fx["forward_loss"].item()) < 5e-3
-    model = IOSUMPangu.from_pretrained(
-        tmp_path / "bf16.safetensors", config="reference-tiny", dtype=torch.float32
-    )
+    model = IOSUMPangu.from_pretrained(tmp_path / "bf16.safetensors", config="reference-tiny", dtype=torch.float32)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 # ----------------------------------------------------------------------------- the release's key set
 
 
-def released_keys(
-    enc_layers, d_enc, enc_ffn, d_ad, ad_ffn, ad_blocks, llm_layers, d, kv, ffn, vocab, r, n_mels=80
-):
+def released_keys(enc_layers, d_enc, enc_ffn, d_ad, ad_ffn, ad_blocks, llm_layers, d, kv, ffn, vocab, r, n_mels=80):
     """Names and shapes of the released state dict, written from SPEC 3-6 (not from our code)."""
     keys = {
         "encoder.embed.conv.0.weight": (d_enc, n_mels, 3),
@@ -319,16 +313,47 @@ def released_keys(
             keys[p + n + ".lora_B.default.weight"] = (o, r)
         keys[p + "mlp.up_proj.weight"] = (ffn, d)  # no LoRA on up_proj
         keys |= {p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)}
-    keys |= {m + "model.embed_tokens.weight": (vocab, d), m + "model.norm.weight": (d,),
-             m + "lm_head.weight": (vocab, d), "embed_tokens.weight": (vocab, d), "lm_head.weight": (vocab, d),
-             "speech_token_emded.weight": (4099, d), "speech_head.weight": (4097, d), "speech_head.bias": (4097,)}  # fmt: skip
+    keys |= {
+        m + "model.embed_tokens.weight": (vocab, d),
+        m + "model.norm.weight": (d,),
+        m + "lm_head.weight": (vocab, d),
+        "embed_tokens.weight": (vocab, d),
+        "lm_head.weight": (vocab, d),
+        "speech_token_emded.weight": (4099, d),
+        "speech_head.weight": (4097, d),
+        "speech_head.bias": (4097,),
+    }
     return keys
 
 
-REFERENCE_DIMS = dict(enc_layers=2, d_enc=64, enc_ffn=256, d_ad=64, ad_ffn=2560, ad_blocks=4,
-                      llm_layers=2, d=64, kv=2, ffn=160, vocab=512, r=8)  # fmt: skip
-RELEASE_DIMS = dict(enc_layers=24, d_enc=1024, enc_ffn=4096, d_ad=1024, ad_ffn=2560, ad_blocks=4,
-                    llm_layers=34, d=4096, kv=8, ffn=12800, vocab=153376, r=64)  # fmt: skip
+REFERENCE_DIMS = dict(
+    enc_layers=2,
+    d_enc=64,
+    enc_ffn=256,
+    d_ad=64,
+    ad_ffn=2560,
+    ad_blocks=4,
+    llm_layers=2,
+    d=64,
+    kv=2,
+    ffn=160,
+    vocab=512,
+    r=8,
+)
+RELEASE_DIMS = dict(
+    enc_layers=24,
+    d_enc=1024,
+    enc_ffn=4096,
+    d_ad=1024,
+    ad_ffn=2560,
+    ad_blocks=4,
+    llm_layers=34,
+    d=4096,
+    kv=8,
+    ffn=12800,
+    vocab=153376,
+    r=64,
+)
 
 
 def test_key_generator_matches_reference_keys(reference_dir):
@@ -348,9 +373,7 @@ def test_release_preset_has_the_released_key_set():
     with torch.device("meta"):
         model = IOSUMPangu(IOSUMConfig.from_name("iosum-pangu-7b"))
         released = {k: torch.empty(s) for k, s in released_keys(**RELEASE_DIMS).items()}
-    released["embed_tokens.weight"] = released[
-        "llama_model.base_model.model.model.embed_tokens.weight"
-    ]
+    released["embed_tokens.weight"] = released["llama_model.base_model.model.model.embed_tokens.weight"]
     released["lm_head.weight"] = released["llama_model.base_model.model.lm_head.weight"]
     ours = released_state_dict(released)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -374,23 +397,15 @@ def test_loader_errors(reference_dir, reference_safetensors, fx, tmp_path):
         save_file(d, tmp_path / name)
         return IOSUMPangu.from_pretrained(tmp_path / name, config="reference-tiny", **kw)
 
-    llm_only = {
-        k[len("llama_model.base_model.model.") :]: v
-        for k, v in sd.items()
-        if k.startswith("llama_model.")
-    }
+    llm_only = {k[len("llama_model.base_model.model.") :]: v for k, v in sd.items() if k.startswith("llama_model.")}
     with pytest.raises(ValueError, match="not a released I-OSUM-Pangu checkpoint"):
         attempt(llm_only, "hf_pangu.safetensors")
     missing = dict(sd)
     del missing["speech_transformer.encoders.2.norm1.bias"]
-    with pytest.raises(
-        ValueError, match=r"missing keys adapter\.speech_transformer\.encoders\.2\.norm1\.bias"
-    ):
+    with pytest.raises(ValueError, match=r"missing keys adapter\.speech_transformer\.encoders\.2\.norm1\.bias"):
         attempt(missing, "missing.safetensors")
     bad = dict(sd, **{"speech_llama_proj.weight": torch.zeros(64, 32)})
-    with pytest.raises(
-        ValueError, match=r"mis-shaped keys: adapter\.speech_llama_proj\.weight: \(64, 32\)"
-    ):
+    with pytest.raises(ValueError, match=r"mis-shaped keys: adapter\.speech_llama_proj\.weight: \(64, 32\)"):
         attempt(bad, "shape.safetensors")
     extra = dict(sd, **{"speech_extra.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match="unexpected keys speech_extra.weight"):
@@ -403,9 +418,7 @@ def test_loader_errors(reference_dir, reference_safetensors, fx, tmp_path):
     llm_dir.mkdir()
     cfg = json.loads((reference_dir / "config.json").read_text())
     (llm_dir / "config.json").write_text(json.dumps(dict(cfg, intermediate_size=128)))
-    with pytest.raises(
-        ValueError, match=r"mlp\.up_proj\.weight: \(160, 64\).*wants \(128, 64\)"
-    ) as e:
+    with pytest.raises(ValueError, match=r"mlp\.up_proj\.weight: \(160, 64\).*wants \(128, 64\)") as e:
         IOSUMPangu.from_pretrained(reference_dir / "checkpoint.pt", llm_dir, "reference-tiny")
     assert "llm/config.json" in str(e.value)
     # the head counts are not in the shapes: a preset without the reference's widths fails
@@ -416,8 +429,7 @@ def test_loader_errors(reference_dir, reference_safetensors, fx, tmp_path):
             {
                 k: v
                 for k, v in sd.items()
-                if not k.startswith("llama_model.")
-                and k not in ("embed_tokens.weight", "lm_head.weight")
+                if not k.startswith("llama_model.") and k not in ("embed_tokens.weight", "lm_head.weight")
             },
             "nollm.safetensors",
         )
@@ -426,9 +438,7 @@ def test_loader_errors(reference_dir, reference_safetensors, fx, tmp_path):
 
 
 def test_missing_tokenizer(reference_dir, fx):
-    model = IOSUMPangu.from_pretrained(
-        reference_dir / "checkpoint.pt", reference_dir, "reference-tiny"
-    )
+    model = IOSUMPangu.from_pretrained(reference_dir / "checkpoint.pt", reference_dir, "reference-tiny")
     assert model.tokenizer is None  # the reference dir has no tokenizer.model: loading works
     with pytest.raises(RuntimeError, match="needs a tokenizer"):
         model(single_batch(fx))  # no prompt ids yet
@@ -455,8 +465,18 @@ def test_save_load_round_trip_and_convert(reference_dir, fx, tmp_path):
     assert torch.equal(again(batch)["logits"], want)
     assert torch.equal(IOSUMPangu.from_pretrained(tmp_path / "ours")(batch)["logits"], want)
     # the command line, LoRA merged: same function, no LoRA modules left
-    main(["convert", str(reference_dir / "checkpoint.pt"), str(tmp_path / "merged"),
-          "--llm-dir", str(reference_dir), "--preset", "reference-tiny", "--merge-lora"])  # fmt: skip
+    main(
+        [
+            "convert",
+            str(reference_dir / "checkpoint.pt"),
+            str(tmp_path / "merged"),
+            "--llm-dir",
+            str(reference_dir),
+            "--preset",
+            "reference-tiny",
+            "--merge-lora",
+        ]
+    )
     merged = IOSUMPangu.from_pretrained(tmp_path / "merged")
     assert merged.cfg.lora_r == 0
     assert not any(".lora_" in k for k in merged.state_dict())
@@ -489,8 +509,9 @@ def test_trainable_only_checkpoint(reference_dir, fx, tmp_path):
 
 def tiny_model(vocab=512) -> IOSUMPangu:
     torch.manual_seed(0)
-    cfg = IOSUMConfig.from_name("reference-tiny", llm=dict(vocab_size=vocab, eos_id=vocab - 1),
-                                adapter=dict(d_ffn=128, n_blocks=2))  # fmt: skip
+    cfg = IOSUMConfig.from_name(
+        "reference-tiny", llm=dict(vocab_size=vocab, eos_id=vocab - 1), adapter=dict(d_ffn=128, n_blocks=2)
+    )
     model = IOSUMPangu(cfg).eval()
     with torch.no_grad():  # LoRA B starts at zero: make LoRA count in the tests
         for n, p in model.named_parameters():
@@ -528,16 +549,17 @@ def test_text_batch_is_one_token_sequence():
         out = model(b)
         ids = torch.tensor([[1, 5, 6, 7, *instr, 1, 8, 9, *[0 if t == 7672 else t for t in tgt]]])
         logits = model.llm(input_ids=ids)
-        labels = torch.tensor(
-            [[-100] * (ids.shape[1] - len(tgt)) + [-100 if t == 7672 else t for t in tgt]]
-        )
+        labels = torch.tensor([[-100] * (ids.shape[1] - len(tgt)) + [-100 if t == 7672 else t for t in tgt]])
         ref = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
         close(out["loss"], ref, atol=1e-6, rtol=1e-5)
         losses.append(out["loss"] * out["n_tokens"])
         counts.append(out["n_tokens"])
     assert counts == [3, 4]  # 7672 gets no loss
-    b = dict(kind="text", instruction=torch.tensor([[20, 21, 22], [23, -1, -1]]),
-             target=torch.tensor([rows[0][1] + [-100, -100], rows[1][1]]))  # fmt: skip
+    b = dict(
+        kind="text",
+        instruction=torch.tensor([[20, 21, 22], [23, -1, -1]]),
+        target=torch.tensor([rows[0][1] + [-100, -100], rows[1][1]]),
+    )
     out = model(b)
     close(out["loss"], sum(losses) / sum(counts), atol=1e-6, rtol=1e-5)
 
@@ -555,14 +577,13 @@ def test_generate_with_tokenizer_text(reference_dir):
     model.set_prompts(tok_file)
     assert model.prompt_ids["p2"][0] == tok.bos_id
     audio = [torch.randn(16000) * 0.1, torch.randn(24000) * 0.1]
-    texts, ids = model.generate(
-        audio=audio, instruction=["请转录这段音频。", "<asr>"], max_new_tokens=5
-    )
+    texts, ids = model.generate(audio=audio, instruction=["请转录这段音频。", "<asr>"], max_new_tokens=5)
     assert texts == [tok.decode(r) for r in ids]
     from whisper_enc import log_mel_spectrogram
 
-    alone = model.generate_ids(mel=log_mel_spectrogram(audio[1])[None],
-                               instruction=[tok.encode("<asr>", bos=False)], max_new_tokens=5)  # fmt: skip
+    alone = model.generate_ids(
+        mel=log_mel_spectrogram(audio[1])[None], instruction=[tok.encode("<asr>", bos=False)], max_new_tokens=5
+    )
     assert alone[0] == ids[1]
 
 
@@ -580,16 +601,17 @@ def test_checkpoint_without_llm_reads_llm_dir(reference_dir, reference_safetenso
     openPangu dir (Hugging Face layout) and gets fresh LoRA (B = 0), i.e. the base LLM."""
     sd = load_file(reference_safetensors)
     peft = "llama_model.base_model.model."
-    base = {k[len(peft) :].replace(".base_layer.", "."): v for k, v in sd.items()
-            if k.startswith(peft) and ".lora_" not in k}  # fmt: skip
+    base = {
+        k[len(peft) :].replace(".base_layer.", "."): v
+        for k, v in sd.items()
+        if k.startswith(peft) and ".lora_" not in k
+    }
     llm_dir = tmp_path / "openpangu"
     llm_dir.mkdir()
     save_file(base, llm_dir / "model.safetensors")
     shutil.copy(reference_dir / "config.json", llm_dir / "config.json")
     rest = {
-        k: v
-        for k, v in sd.items()
-        if not k.startswith(peft) and k not in ("embed_tokens.weight", "lm_head.weight")
+        k: v for k, v in sd.items() if not k.startswith(peft) and k not in ("embed_tokens.weight", "lm_head.weight")
     }
     save_file(rest, tmp_path / "stage1.safetensors")
     model = IOSUMPangu.from_pretrained(tmp_path / "stage1.safetensors", llm_dir, "reference-tiny")
@@ -620,9 +642,7 @@ def test_reference_on_cuda(reference_dir, fx):
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     model = model.bfloat16()
-    close(
-        model(single_batch(fx))["logits"][0].float().cpu(), fx["forward_logits"], atol=3e-2, rtol=0
-    )
+    close(model(single_batch(fx))["logits"][0].float().cpu(), fx["forward_logits"], atol=3e-2, rtol=0)
 
 
 @pytest.mark.real7b
@@ -635,14 +655,10 @@ def test_real_release_writes_the_task_tag(samples_dir):
 
     ckpt, llm_dir = os.environ.get("IOSUM_CHECKPOINT"), os.environ.get("IOSUM_LLM_DIR")
     if not ckpt or not llm_dir:
-        pytest.skip(
-            "set IOSUM_CHECKPOINT (step_N.pt) and IOSUM_LLM_DIR (openPangu-Embedded-7B-V1.1)"
-        )
+        pytest.skip("set IOSUM_CHECKPOINT (step_N.pt) and IOSUM_LLM_DIR (openPangu-Embedded-7B-V1.1)")
     model = IOSUMPangu.from_pretrained(ckpt, llm_dir)
     wav = next(samples_dir.rglob("*.wav"))
-    texts, _ = model.generate(
-        audio=[load_audio(wav)], instruction=["请转录这段音频。"], max_new_tokens=40
-    )
+    texts, _ = model.generate(audio=[load_audio(wav)], instruction=["请转录这段音频。"], max_new_tokens=40)
     assert texts[0].startswith("<asr>"), texts
 
 
@@ -656,8 +672,12 @@ def test_safetensors_aliases_do_not_stay_resident(reference_dir, reference_safet
     sd = load_file(reference_safetensors)
     V, peft = 400_000, "llama_model.base_model.model."
     embed, head = torch.randn(V, 64), torch.randn(V, 64)  # 102 MB each
-    sd |= {peft + "model.embed_tokens.weight": embed, "embed_tokens.weight": embed.clone(),
-           peft + "lm_head.weight": head, "lm_head.weight": head.clone()}  # fmt: skip
+    sd |= {
+        peft + "model.embed_tokens.weight": embed,
+        "embed_tokens.weight": embed.clone(),
+        peft + "lm_head.weight": head,
+        "lm_head.weight": head.clone(),
+    }
     save_file(sd, tmp_path / "big.safetensors")
     cfg = json.loads((reference_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, vocab_size=V)))
@@ -668,7 +688,11 @@ def test_safetensors_aliases_do_not_stay_resident(reference_dir, reference_safet
         "print((rss() - before) // 1024)"
     )
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", script, root, str(tmp_path / "big.safetensors"), str(tmp_path)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script, root, str(tmp_path / "big.safetensors"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     grown_mb = int(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 100, f"{grown_mb} MB of the file stayed resident (the aliases are 205 MB)"

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cpu_decode import pack_for_cpu
-
 from pangu import (
     LORA_TARGETS,
     Pangu,
@@ -30,10 +29,23 @@ V = 256  # small random model with GQA (4 heads, 2 kv heads) and biases on q/k/v
 
 
 def hf_config(**kw):
-    c = dict(vocab_size=V, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=False,
-             rope_theta=1.6e7, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    c = dict(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=False,
+        rope_theta=1.6e7,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return LlamaConfig(**{**c, **kw})
 
 
@@ -48,10 +60,7 @@ def hf_dir(tmp_path_factory):
                 p.add_(0.1 * torch.randn_like(p))
     d = tmp_path_factory.mktemp("hf")
     hf.save_pretrained(d, max_shard_size="60KB", safe_serialization=True)
-    assert (
-        len(list(d.glob("model-*.safetensors"))) > 3
-        and (d / "model.safetensors.index.json").exists()
-    )
+    assert len(list(d.glob("model-*.safetensors"))) > 3 and (d / "model.safetensors.index.json").exists()
     return d
 
 
@@ -140,9 +149,7 @@ def test_batch_equals_alone(ours):
     batch = generate(ours, embeds, mask, max_new_tokens=10, eos_id=-1, repetition_penalty=1.05)
     for b in range(len(lengths)):
         real = embeds[b : b + 1, mask[b].bool()]  # the prompt alone, without any pad
-        alone = generate(
-            ours, real, torch.ones(1, lengths[b]), 10, eos_id=-1, repetition_penalty=1.05
-        )
+        alone = generate(ours, real, torch.ones(1, lengths[b]), 10, eos_id=-1, repetition_penalty=1.05)
         assert batch[b] == alone[0], b
 
 
@@ -165,8 +172,9 @@ def test_generate_matches_hf_generate(hf, ours):
 def test_sampling_options(ours):
     ids, mask = padded_batch([6, 6], 6, seed=5)
     embeds = ours.embed(ids)
-    run = lambda seed, **kw: generate(ours, embeds, mask, 8, eos_id=-1,
-                                      generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
+    run = lambda seed, **kw: generate(
+        ours, embeds, mask, 8, eos_id=-1, generator=torch.Generator().manual_seed(seed), **kw
+    )
     assert run(0, temperature=1.0) == run(0, temperature=1.0)  # seeded
     # top_k 1 and a tiny top_p leave only the best token: greedy
     greedy = generate(ours, embeds, mask, 8, eos_id=-1)
@@ -211,8 +219,7 @@ def test_lora_matches_peft(peft_pair):
     merged = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     unmerge_lora(ours)
     torch.testing.assert_close(merged[real], got[real], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask, position_ids=pos), got,
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask, position_ids=pos), got, atol=1e-5, rtol=0)
 
 
 def test_lora_training_step_changes_only_lora(hf_dir):
@@ -242,9 +249,7 @@ def test_gradient_checkpointing_same_grads(ours):
         model.zero_grad()
         model.train()
         model.gradient_checkpointing = gc
-        model(
-            input_ids=ids, attention_mask=mask, position_ids=positions(mask)
-        ).square().mean().backward()
+        model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
@@ -279,8 +284,7 @@ def test_packed_equals_unpacked(ours):
 @needs_onednn
 @torch.no_grad()
 def test_packed_lora_needs_merge(ours, peft_pair):
-    late = apply_lora(copy.deepcopy(ours.model.layers[0]), r=2, alpha=4,
-                      targets=["up_proj"])  # fmt: skip
+    late = apply_lora(copy.deepcopy(ours.model.layers[0]), r=2, alpha=4, targets=["up_proj"])
     with pytest.raises(ValueError, match="mlp.up_proj has unmerged LoRA.*merge_lora"):
         pack_for_cpu(late)  # found after q, k, v, o, gate: those must stay unpacked too
     assert not any(type(m).__name__ == "PackedLinear" for m in late.modules())
@@ -291,8 +295,7 @@ def test_packed_lora_needs_merge(ours, peft_pair):
     merge_lora(lora)
     keys = lora.state_dict().keys()
     pack_for_cpu(lora)
-    torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want,
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want, atol=1e-5, rtol=0)
     assert lora.state_dict().keys() == keys
 
 
@@ -332,10 +335,20 @@ def test_pangu_7b_preset_shapes_and_counts():
     cfg = PanguConfig.from_name("pangu-7b")
     with torch.device("meta"):
         model = Pangu(cfg)
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=153376, hidden_size=4096, num_hidden_layers=34, num_attention_heads=32,
-            num_key_value_heads=8, intermediate_size=12800, attention_bias=True, mlp_bias=False,
-            rope_theta=1.6e7, tie_word_embeddings=False))  # fmt: skip
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=153376,
+                hidden_size=4096,
+                num_hidden_layers=34,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                intermediate_size=12800,
+                attention_bias=True,
+                mlp_bias=False,
+                rope_theta=1.6e7,
+                tie_word_embeddings=False,
+            )
+        )
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in hf.state_dict().items() if "rotary_emb" not in k}
     assert set(ours) == spec_keys(34) == set(want)
@@ -414,19 +427,22 @@ def reference(reference_dir):
 @torch.no_grad()
 def test_reference_forward_logits(reference):
     model, fx = reference
-    got = model(inputs_embeds=fx["forward_inputs_embeds"][None],
-                attention_mask=fx["forward_attention_mask"][None],
-                position_ids=fx["forward_position_ids"][None])[0]  # fmt: skip
+    got = model(
+        inputs_embeds=fx["forward_inputs_embeds"][None],
+        attention_mask=fx["forward_attention_mask"][None],
+        position_ids=fx["forward_position_ids"][None],
+    )[0]
     torch.testing.assert_close(got, fx["forward_logits"], atol=1e-4, rtol=0)
     # the batch of 2 with pads inside row 1 (its pad positions are never used)
     mask = fx["batch2_forward_attention_mask"]
-    got = model(inputs_embeds=fx["batch2_forward_inputs_embeds"], attention_mask=mask,
-                position_ids=fx["batch2_forward_position_ids"])  # fmt: skip
+    got = model(
+        inputs_embeds=fx["batch2_forward_inputs_embeds"],
+        attention_mask=mask,
+        position_ids=fx["batch2_forward_position_ids"],
+    )
     assert not mask[1].all()
     real = mask[1].bool()
-    torch.testing.assert_close(
-        got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0
-    )
+    torch.testing.assert_close(got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0)
     torch.testing.assert_close(got[0], fx["forward_logits"], atol=1e-4, rtol=0)
 
 
