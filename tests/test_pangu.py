@@ -105,6 +105,9 @@ def test_config_from_json(hf_dir):
 @torch.no_grad()
 def test_logits_match_hf(hf, ours):
     ids, _ = padded_batch([10, 10], 10, seed=0)
+    # Measured 0.0: the same kernels as HF's Llama (sdpa) on the same shapes, deterministic on
+    # any CPU. Slack if one side reorders an op: ~sqrt(K) * eps * |x| per op (K <= 160, |x| <= 4:
+    # 6e-6), a dozen such ops < 1e-4. Same for the masked batch below.
     torch.testing.assert_close(ours(input_ids=ids), hf(input_ids=ids).logits, atol=1e-4, rtol=0)
     # pads inside and at the start; HF gets the same 2D mask and position ids
     ids, mask = padded_batch([12, 7, 9], 12, seed=1)
@@ -113,10 +116,10 @@ def test_logits_match_hf(hf, ours):
     got = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     real = mask.bool()
     assert not torch.equal(mask, torch.ones_like(mask))
-    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)  # as above
     # inputs_embeds gives the same as input_ids
     got_e = ours(inputs_embeds=ours.embed(ids), attention_mask=mask, position_ids=pos)
-    torch.testing.assert_close(got_e, got, atol=0, rtol=0)
+    torch.testing.assert_close(got_e, got, atol=0, rtol=0)  # the same lookup, then the same ops: exact
 
 
 @torch.no_grad()
@@ -210,6 +213,7 @@ def test_lora_matches_peft(peft_pair):
     want = pm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     got = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     real = mask.bool()
+    # measured 0.0: base(x) + scale * B(A(x)) in peft's order, the same kernels; slack as for HF
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
     base = pm.get_base_model()
     with pm.disable_adapter():
@@ -218,6 +222,10 @@ def test_lora_matches_peft(peft_pair):
     merge_lora(ours)
     merged = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     unmerge_lora(ours)
+    # Merged (W + s B A) and unmerged are equal in exact arithmetic; float32 rounds them apart by
+    # ~sqrt(K) * eps relative per projection (K <= 160: 1.5e-6), i.e. noise of ~1e-6 on logits
+    # <= 3 (measured max 2.6e-6 over 15 x 256 values). Another CPU changes which roundings happen, not
+    # their size; 1e-5 is ~4x the max. Unmerging subtracts the rounded s B A again: same bound.
     torch.testing.assert_close(merged[real], got[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask, position_ids=pos), got, atol=1e-5, rtol=0)
 
@@ -252,6 +260,8 @@ def test_gradient_checkpointing_same_grads(ours):
         model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
+        # Recomputation runs the same kernels on the same shapes (measured bit-equal); only the
+        # order autograd accumulates a gradient's contributions may differ: a few eps, << 1e-5.
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -272,6 +282,8 @@ def test_packed_equals_unpacked(ours):
     pos = positions(mask)
     want = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     got = packed(input_ids=ids, attention_mask=mask, position_ids=pos)
+    # oneDNN's packed GEMM vs torch's linear: other libraries may sum K <= 160 terms in another
+    # order, ~sqrt(K) * eps * |x| (|x| <= 4: 6e-6 worst op, ~1e-6 typical); measured 0.0 here
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     embeds = ours.embed(ids)
     kw = dict(max_new_tokens=12, eos_id=-1, repetition_penalty=1.05)
@@ -295,6 +307,7 @@ def test_packed_lora_needs_merge(ours, peft_pair):
     merge_lora(lora)
     keys = lora.state_dict().keys()
     pack_for_cpu(lora)
+    # merged + packed vs unmerged: the merge rounding of test_lora_matches_peft (measured 2.9e-6)
     torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want, atol=1e-5, rtol=0)
     assert lora.state_dict().keys() == keys
 
@@ -314,6 +327,9 @@ def test_pack_bf16_packs_or_changes_nothing(ours):
         assert "cannot pack torch.bfloat16 weights on this CPU" in str(e)
         assert not any(type(m).__name__ == "PackedLinear" for m in model.modules())
     got = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+    # bf16: each linear's output is rounded to 2^-8 relative, and another GEMM order can flip that
+    # rounding: ~1 bf16 ulp (0.4 %) per linear, ~15 linears, random signs: ~1.5 % of |x| <= 3.4.
+    # atol 0.05 + 2 % covers it (measured 0.0 here); a wrong packing is off by O(1).
     torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
 
 
@@ -432,6 +448,9 @@ def test_reference_forward_logits(reference):
         attention_mask=fx["forward_attention_mask"][None],
         position_ids=fx["forward_position_ids"][None],
     )[0]
+    # The original (HF + peft) on another CPU: other sum orders, K <= 160. The original is within
+    # 2.3e-7 of float64 and its eager and sdpa runs 1.8e-7 apart (report.json); we measure 2.1e-7
+    # (logits <= 0.6). Any float32 order stays within ~1e-6; 1e-4 is ~100x that. Same below.
     torch.testing.assert_close(got, fx["forward_logits"], atol=1e-4, rtol=0)
     # the batch of 2 with pads inside row 1 (its pad positions are never used)
     mask = fx["batch2_forward_attention_mask"]
