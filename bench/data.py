@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import toy  # noqa: E402
 from checkpoint import count_params  # noqa: E402
 
 
@@ -111,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = data.ensure_toy_world(args.root)
+    paths = toy.ensure_toy_world(args.root)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batches of <= {args.max_frames} padded frames"
     )
