@@ -91,6 +91,8 @@ def test_shard_members_grouped_by_key(samples_dir, tmp_path):
         assert s["extra"] == json.loads(members[f"{k}.extra"])
         ref, sr = sf.read(io.BytesIO(members[f"{k}.wav"]), dtype="float32")
         assert sr == 16000
+        # the same soundfile decode of the same bytes (mono, 16 kHz: no down-mix arithmetic, no
+        # resampling): bit-equal; the default float32 tolerance is slack
         torch.testing.assert_close(data.decode_audio(s), torch.from_numpy(ref))
 
 
