@@ -100,6 +100,7 @@ def test_warmup_lr_matches_wenet_formula():
     # WeNet WarmupLR: lr * w^0.5 * min(s^-0.5, s * w^-1.5): lr/2 halfway through warm-up,
     # lr at s = w, lr / 2 at s = 4w, lr / 10 at s = 100w.
     lr, w = 5e-4, 2000
+    # float64 formula: a few ulp (~1e-16 relative) from these values; approx allows 1e-6 relative
     assert train.warmup_lr(1000, lr, w) == pytest.approx(lr / 2)
     assert train.warmup_lr(2000, lr, w) == pytest.approx(lr)
     assert train.warmup_lr(8000, lr, w) == pytest.approx(lr / 2)
@@ -205,6 +206,8 @@ def test_resume_is_exact_on_stand_in(tmp_path):
     standin_run(tmp_path / "b", "--steps", "3")
     m_res, res = standin_run(tmp_path / "b", "--steps", "6", "--resume")
     assert [r["step"] for r in res["history"]] == [4, 5, 6]
+    # resume restores weights, optimizer, RNG and data position, then runs the same kernels: the
+    # losses are bit-equal (measured 0.0; the weights below are compared exactly), 1e-6 is slack
     torch.testing.assert_close(
         [r["loss"] for r in res["history"]],
         [r["loss"] for r in full["history"][3:]],
@@ -298,6 +301,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert saved[1] < 0.5 * saved[0], saved  # the switch really checkpoints
     assert any(".lora_" in n for n in grads[0]) and any(n.startswith("encoder.") for n in grads[0])
     for n in grads[0]:
+        # recomputation replays the RNG and runs the same kernels on the same shapes (measured
+        # bit-equal); only autograd's accumulation order may differ: a few eps of |grad| <= 0.2
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=1e-5, msg=n)
 
 
@@ -370,12 +375,12 @@ def test_stage_trains_only_its_parameters_and_lowers_dev_loss(stages, stage):
         from pangu import load_pangu
 
         loaded = load_pangu(final)
-        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)  # bytes: exact
     else:
         from model import IOSUMPangu
 
         loaded = IOSUMPangu.from_pretrained(final)
-        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)  # bytes: exact
 
 
 def test_next_stage_starts_from_previous_final(stages):
@@ -409,6 +414,9 @@ def test_resume_continues_exactly_on_the_real_model(stages):
     run("halves", 2)
     resumed = run("halves", 4, "--resume")
     assert [r["step"] for r in resumed["history"]] == [3, 4]
+    # Resume restores everything a step depends on, so the same kernels give bit-equal steps
+    # (measured 0.0). The bounds are small (rtol 1e-5 on losses ~6; atol 1e-6 = 2 ulp at
+    # |w| <= 4.8), not room for drift.
     torch.testing.assert_close([r["loss"] for r in resumed["history"]],
                                [r["loss"] for r in full["history"][2:]], rtol=1e-5, atol=0)  # fmt: skip
     a = load_file(root / "full" / "step_0000004" / "model.safetensors")
