@@ -461,8 +461,8 @@ def test_reference_forward_logits(reference):
     )
     assert not mask[1].all()
     real = mask[1].bool()
-    torch.testing.assert_close(got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0)
-    torch.testing.assert_close(got[0], fx["forward_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0)  # as above
+    torch.testing.assert_close(got[0], fx["forward_logits"], atol=1e-4, rtol=0)  # as above
 
 
 @torch.no_grad()

@@ -338,8 +338,8 @@ def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors
     # gives 125 in this batch (fixture batch2_encoder_lens) and 126 alone.
     assert fx["batch2_encoder_lens"].tolist() == [160, 125]
     assert lengths.tolist() == [160, 126]
-    assert_close(out[0], fx["batch2_encoder_out"][0], atol=1e-5, rtol=1e-4)
-    assert_close(out[1, :126], fx["short_alone_encoder_out"], atol=1e-5, rtol=1e-4)
+    assert_close(out[0], fx["batch2_encoder_out"][0], atol=1e-5, rtol=1e-4)  # parity, as above
+    assert_close(out[1, :126], fx["short_alone_encoder_out"], atol=1e-5, rtol=1e-4)  # parity, as above
     assert out[1, 126:].abs().max() == 0
 
 
