@@ -169,7 +169,7 @@ def test_stage_prompts(toy):
 
 
 def test_batches_respect_frame_budget_and_format(toy):
-    from pangu import PanguTokenizer
+    from tokenizer import PanguTokenizer
 
     tok = PanguTokenizer(toy["tokenizer"])
     budget = 1500
