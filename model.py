@@ -5,7 +5,7 @@ The whole speech LLM of "I-OSUM-Pangu" (arXiv 2603.10862), as the release's
 training loss, batched generation, and loading of the released checkpoint (`step_N.pt`,
 a plain state dict) or of our own format (`model.safetensors` + `config.json`).
 Convert the release to ours: `python model.py convert CHECKPOINT OUT_DIR [--llm-dir D]`.
-generate() defaults to the release's own generate() prompt (layout="release", SPEC 7).
+generate() defaults to the release's own generate() prompt (layout="release", docs/release.md §7).
 """
 
 import argparse
@@ -31,7 +31,7 @@ from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whis
 UNK_LABEL_ID = 7672  # the "&&" piece: the release embeds it as id 0 and gives it no loss
 SPEECH_TOKEN_NUM = 4097  # speech_token_emded rows 4097 / 4098 are the speech bos / eos
 
-# SPEC 7. Training prompt of speech tasks (the release's `..._pattern_1_understand`); note the
+# docs/release.md §7. Training prompt of speech tasks (the release's `..._pattern_1_understand`); note the
 # missing space after "responses." -- it is in the release.
 SYSTEM_SPEECH = (
     "You are OSUM-chat, an audio understanding assistant by ASLP Lab. You can transcribe speech "
@@ -270,7 +270,7 @@ class IOSUMPangu(nn.Module):
         return embeds, mask, torch.full(mask.shape, IGNORE_ID, device=x.device)
 
     def build_inputs(self, batch: dict, layout: str = "train", with_target: bool = True) -> dict:
-        """The LLM inputs of a batch (SPEC 7): segments padded on their own, concatenated.
+        """The LLM inputs of a batch (docs/release.md §7): segments padded on their own, concatenated.
 
         speech: [P1][instruction][bos_s][speech][eos_s][P2]([target])
         text:   [P1_text][instruction][P2]([target])

@@ -107,7 +107,7 @@ class PanguConfig:
 
 
 PRESETS = {
-    # openPangu-Embedded-7B-V1.1 config.json (SPEC §5): 8.03 B parameters, 6.77 B without
+    # openPangu-Embedded-7B-V1.1 config.json (docs/release.md §5): 8.03 B parameters, 6.77 B without
     # the embedding and the head.
     "pangu-7b": dict(),
     # the toy study: 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.

@@ -3,7 +3,7 @@
 What the model is asked (a fixed tag instruction in stage 1, natural language in stages 2-3) and
 what it must write (tags, then the ASR+X answer, e.g. `<asr><age>hello everyone<ADULT>`), in one
 place, so that the data path that builds targets and the scorer that reads outputs cannot drift
-(SPEC §8). The release's own names are the data's upper-case task names (`<TRANSCRIBE> <AGE>`).
+(docs/release.md §8). The release's own names are the data's upper-case task names (`<TRANSCRIBE> <AGE>`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- tasks and labels
 
-# SPEC §8. Intent tags in the order they are written (`<asr>` first, `<chat>` alone).
+# docs/release.md §8. Intent tags in the order they are written (`<asr>` first, `<chat>` alone).
 TAGS = ("<asr>", "<align>", "<caption>", "<emotion>", "<style>", "<gender>", "<age>", "<chat>")
 
 # Upper-case task names inside the data -> intent tags. `<ALIGN>` alone means SRWT, whose intent
-# is `<asr><align>` (SPEC §8). Lower-case tags are accepted as they are.
+# is `<asr><align>` (docs/release.md §8). Lower-case tags are accepted as they are.
 TASK_NAMES = {
     "<TRANSCRIBE>": ("<asr>",),
     "<ALIGN>": ("<asr>", "<align>"),
@@ -35,11 +35,11 @@ DEFAULT_TASK = "<TRANSCRIBE>"  # WeNet raw lists without a task
 
 
 def _label_token(name: str) -> str:
-    """'news/science' -> '<NEWS_SCIENCE>' (our spelling of SPEC §8's label names)."""
+    """'news/science' -> '<NEWS_SCIENCE>' (our spelling of docs/release.md §8's label names)."""
     return "<" + re.sub(r"[\s/\-]+", "_", name.strip().strip("<>")).upper() + ">"
 
 
-# SPEC §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
+# docs/release.md §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
 # spaces and slashes). Keys are the intent tags that take a label.
 LABELS = {
     "<caption>": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
@@ -148,7 +148,7 @@ def normalise_transcript(text: str) -> str:
 
 
 def make_target(tags: tuple[str, ...], txt: str, fields: dict) -> str:
-    """Tags + answer in the ASR+X form of SPEC §8, e.g. '<asr><age>hello everyone<ADULT>'.
+    """Tags + answer in the ASR+X form of docs/release.md §8, e.g. '<asr><age>hello everyone<ADULT>'.
 
     Rules (ours, following the release where it is known):
     - the transcript (tasks with `<asr>`) is lower-cased and its whitespace collapsed;
@@ -314,10 +314,10 @@ FRAMES = {
         ),
     },
 }
-# Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (SPEC §7).
+# Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (docs/release.md §7).
 INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这条用户指令的意图"}
 
-# The task combinations of SPEC §8 the bank covers (and the toy world holds).
+# The task combinations of docs/release.md §8 the bank covers (and the toy world holds).
 TASK_COMBOS = (
     ("<asr>",),
     ("<asr>", "<align>"),
@@ -358,7 +358,7 @@ def instruction_bank(tags: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def fixed_instruction(tags: tuple[str, ...]) -> str:
-    """Stage 1: the instruction is the tag string itself (SPEC §9)."""
+    """Stage 1: the instruction is the tag string itself (docs/release.md §9)."""
     return "".join(tags)
 
 
@@ -389,7 +389,7 @@ FIELD_KEYS = ("emotion", "gender", "age", "style", "caption", "event", "vocal_ev
 
 
 def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator) -> dict:
-    """A read sample -> {tags, instruction, target} for one stage (SPEC §9).
+    """A read sample -> {tags, instruction, target} for one stage (docs/release.md §9).
 
     Stage 1: the instruction is the fixed tag string. Stages 2-3: a natural-language
     instruction; train draws from the train phrasings, dev uses them deterministically, test
@@ -460,7 +460,7 @@ def read_labels(tags: tuple[str, ...], labels: tuple[str, ...]) -> dict[str, str
     label_tags = [t for t in tags if t in LABELS]
     if len(labels) != len(label_tags):
         return None
-    for order in itertools.permutations(labels):  # at most 2 label tasks in SPEC §8: tiny
+    for order in itertools.permutations(labels):  # at most 2 label tasks in docs/release.md §8: tiny
         if all(label in LABELS[t] for t, label in zip(label_tags, order)):
             return dict(zip(label_tags, order))
     return None

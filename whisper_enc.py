@@ -3,7 +3,7 @@
 Mirrors openai-whisper's `whisper/audio.py` (log-mel) and `AudioEncoder` in `whisper/model.py`,
 with what the release adds on top: true-length inputs (up to 40 s, so positions beyond 1500),
 padded batches in which every utterance gets exactly the features it has alone, and one loader
-for the three weight layouts of SPEC §3 (OpenAI `medium.pt`, Hugging Face, released WeNet).
+for the three weight layouts of docs/release.md §3 (OpenAI `medium.pt`, Hugging Face, released WeNet).
 """
 
 import json
@@ -161,7 +161,7 @@ def mel_filters(n_mels: int = 80) -> Tensor:
 def log_mel_spectrogram(audio: Tensor | np.ndarray, n_mels: int = 80, pad_to_frames: int | None = None) -> Tensor:
     """16 kHz mono audio (N,) -> Whisper log-mel (n_mels, N // HOP_LENGTH).
 
-    SPEC §2: periodic Hann STFT (400/160, centred, reflect), last frame dropped, |X|^2, mel,
+    docs/release.md §2: periodic Hann STFT (400/160, centred, reflect), last frame dropped, |X|^2, mel,
     log10 floored at 1e-10, then at (utterance max - 8), then (x + 4) / 4. No padding by default
     (the release feeds the true length); `pad_to_frames=3000` zero-pads the audio first, as
     openai-whisper's `pad_or_trim` does (longer audio raises instead of being cut).
@@ -211,7 +211,7 @@ class WhisperConfig:
 
 
 PRESETS = {
-    # Whisper-medium's encoder (SPEC §3): 305.7 M parameters as checkpoint.count_params counts them
+    # Whisper-medium's encoder (docs/release.md §3): 305.7 M parameters as checkpoint.count_params counts them
     # (no position table: ours is a formula); 307.2 M with HF's 1500 x 1024 table.
     "medium": dict(n_mels=80, d_model=1024, n_layers=24, n_heads=16, d_mlp=4096),
     # The toy study's encoder: 0.4 M parameters.
@@ -300,7 +300,7 @@ class WhisperEncoder(nn.Module):
         Each utterance of a padded batch gets the features it has alone: the frames past its
         length are zeroed before each conv (the conv padding then sees the zeros it would see
         alone), padded keys are masked in attention, and the padded output frames are zero.
-        The release instead derives lengths' from the padded length's parity (SPEC §3).
+        The release instead derives lengths' from the padded length's parity (docs/release.md §3).
         """
         B, _, T = mel.shape
         T2 = (T + 1) // 2
@@ -333,7 +333,7 @@ class WhisperEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------- loading
 
-# One rename table per layout of SPEC §3, relative to the encoder's root (the prefix, e.g.
+# One rename table per layout of docs/release.md §3, relative to the encoder's root (the prefix, e.g.
 # `encoder.`, is found by `_find_layout`). Keys map module -> module (`.weight` / `.bias`
 # follow), `{}` is the layer index; `None` marks a full key dropped on purpose: all of them
 # are sinusoid position tables, checked against the formula before they are dropped.
@@ -433,7 +433,7 @@ def check_positions(key: str, table: Tensor, formula=sinusoids) -> None:
 
 
 def whisper_state_dict(sd: dict) -> dict:
-    """State dict in any SPEC §3 layout (keys with their prefix) -> our module names.
+    """State dict in any docs/release.md §3 layout (keys with their prefix) -> our module names.
 
     Keys outside the encoder's root (`decoder.*`, `llama_model.*`, ...) are ignored on purpose:
     whole-model checkpoints hold the encoder beside other parts. Raises naming unknown keys.
@@ -482,7 +482,7 @@ def _config_from_shapes(sd: dict, n_heads: int | None) -> WhisperConfig:
 def load_whisper(
     path_or_state_dict, cfg: WhisperConfig | None = None, dtype: torch.dtype | None = None
 ) -> WhisperEncoder:
-    """Strictly load a Whisper encoder from a path or a state dict in any SPEC §3 layout.
+    """Strictly load a Whisper encoder from a path or a state dict in any docs/release.md §3 layout.
 
     Paths: an OpenAI `.pt`, a Hugging Face safetensors file or folder (sharded or not), or a
     WeNet / released checkpoint (`.pt` or `.safetensors`). Only the encoder's keys are kept;

@@ -40,7 +40,7 @@ from pangu import Pangu, PanguConfig, generate  # noqa: E402
 SHAPES = {
     # ~100 M parameters: 12 layers of width 768, GQA 12/4 heads, biases, 16 k vocab
     "100m": dict(vocab_size=16000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, intermediate_size=2048),
-    "7b": {},  # the pangu-7b preset (SPEC §5)
+    "7b": {},  # the pangu-7b preset (docs/release.md §5)
 }
 
 

@@ -102,7 +102,7 @@ def test_release_preset_size_and_keys():
     with torch.device("meta"):
         model = Adapter(AdapterConfig.from_name("osum_echat"))
     n = sum(p.numel() for p in model.parameters())
-    assert 52.0e6 < n < 53.0e6, n  # SPEC 4: "about 52 M"
+    assert 52.0e6 < n < 53.0e6, n  # docs/release.md §4: "about 52 M"
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes["down_sample_2.conv.1.weight"] == (1024, 1024, 3)
     assert shapes["down_sample_2.conv.7.bias"] == (1024,)

@@ -141,7 +141,7 @@ def test_round_trip_every_target_is_followed():
 
 
 def test_round_trip_by_hand():
-    # Targets spelled out by hand (SPEC §8), read back.
+    # Targets spelled out by hand (docs/release.md §8), read back.
     out = tasks.parse_output("<asr><style>once upon a time<FAIRY_TALE>")
     assert out["text"] == "once upon a time" and out["labels"] == ("<FAIRY_TALE>",)
     assert ifr_eval.judge("<caption><THROAT_CLEARING>", "<CAPTION>")["followed"]

@@ -124,7 +124,7 @@ def test_reference_single_utterance(reference_dir, reference_safetensors, fx, fm
 def test_reference_batch_of_two(reference_dir, fx):
     """The release's batch-2 forward. Masks, positions, targets: exact. Row 0: as the fixture.
     Row 1 (251 mel frames, padded to 320): our encoder gives it its solo 126 frames, where the
-    release's parity rule gives 125 (SPEC 3) and so attention over one frame less; its encoder
+    release's parity rule gives 125 (docs/release.md §3) and so attention over one frame less; its encoder
     frames then differ from the release's batch by ~1.2e-3, so they are compared with the
     release's solo run. The adapter gives 32 frames either way (ceil(ceil(L/2)/2)), so the
     layout is the same and the later tensors differ by only ~4e-6 (adapter) / ~7e-6 (logits)."""
@@ -251,7 +251,7 @@ def test_bf16_checkpoint_and_bf16_model(reference_dir, reference_safetensors, fx
 
 
 def released_keys(enc_layers, d_enc, enc_ffn, d_ad, ad_ffn, ad_blocks, llm_layers, d, kv, ffn, vocab, r, n_mels=80):
-    """Names and shapes of the released state dict, written from SPEC 3-6 (not from our code)."""
+    """Names and shapes of the released state dict, written from docs/release.md §3-6 (not from our code)."""
     keys = {
         "encoder.embed.conv.0.weight": (d_enc, n_mels, 3),
         "encoder.embed.conv.0.bias": (d_enc,),
@@ -383,7 +383,7 @@ def test_key_generator_matches_reference_keys(reference_dir):
 
 
 def test_release_preset_has_the_released_key_set():
-    """iosum-pangu-7b on the meta device: the released keys (SPEC 6 with the LLM of SPEC 5,
+    """iosum-pangu-7b on the meta device: the released keys (docs/release.md §6 with the LLM of docs/release.md §5,
     peft names, r 64) map one to one onto our parameters, with the same shapes."""
     with torch.device("meta"):
         model = IOSUMPangu(IOSUMConfig.from_name("iosum-pangu-7b"))
@@ -394,12 +394,12 @@ def test_release_preset_has_the_released_key_set():
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in ours.items()} == want
     n = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    assert 52.0e6 < n(model.adapter) < 53.0e6  # SPEC 4: about 52 M
-    assert 305e6 < n(model.encoder) < 307e6  # SPEC 11: about 306 M
+    assert 52.0e6 < n(model.adapter) < 53.0e6  # docs/release.md §4: about 52 M
+    assert 305e6 < n(model.encoder) < 307e6  # docs/release.md §11: about 306 M
     lora = sum(p.numel() for k, p in model.llm.named_parameters() if ".lora_" in k)
-    assert 130e6 < lora < 132e6  # SPEC 11: about 131 M
+    assert 130e6 < lora < 132e6  # docs/release.md §11: about 131 M
     base = n(model.llm) - lora
-    assert 8.02e9 < base < 8.04e9  # SPEC 11: 8.03 B with embedding and head
+    assert 8.02e9 < base < 8.04e9  # docs/release.md §11: 8.03 B with embedding and head
 
 
 # ----------------------------------------------------------------------------- loader errors

@@ -337,7 +337,7 @@ def test_pack_bf16_packs_or_changes_nothing(ours):
 
 
 def spec_keys(n_layers):
-    """The openPangu-Embedded-7B-V1.1 keys as SPEC §5 lists them."""
+    """The openPangu-Embedded-7B-V1.1 keys as docs/release.md §5 lists them."""
     keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(n_layers):
         p = f"model.layers.{i}."

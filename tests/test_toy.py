@@ -47,7 +47,7 @@ def test_stage0_corpus_holds_no_heldout_instruction(toy):
     assert [s for t in tasks.TASK_COMBOS for s in tasks.instruction_bank(t)["train"] if s in corpus]
 
 
-def test_toy_tokenizer_has_the_contract_layout(toy):
+def test_toy_tokenizer_has_the_pangu_layout(toy):
     spm = pytest.importorskip("sentencepiece")
     sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
     assert sp.get_piece_size() == 1024

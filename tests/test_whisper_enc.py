@@ -334,7 +334,7 @@ def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors
     batch[0], batch[1, :, :251] = fx["mel"].T, fx["batch2_mel_short"].T
     with torch.no_grad():
         out, lengths = enc(batch, torch.tensor([320, 251]))
-    # Our choice (SPEC §3): 251 frames give 126 outputs in a batch as alone; the release
+    # Our choice (docs/release.md §3): 251 frames give 126 outputs in a batch as alone; the release
     # gives 125 in this batch (fixture batch2_encoder_lens) and 126 alone.
     assert fx["batch2_encoder_lens"].tolist() == [160, 125]
     assert lengths.tolist() == [160, 126]
