@@ -193,15 +193,12 @@ def decode_items(
 # ----------------------------------------------------------------------------- model
 
 
-def trained_layout(checkpoint: Path) -> str:
-    """The prompt layout the checkpoint was trained with: the release's own files (a `.pt` /
-    `.safetensors` state dict, or our conversion of one) were trained with the training prompt but
-    are decoded by the release with its generate() prompt, so they default to "release"; models
-    that train.py wrote were trained and are decoded with the training prompt, "train"."""
-    if not checkpoint.is_dir():
-        return "release"
-    meta = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    return "release" if meta.get("source") == "release" else "train"
+def default_layout(model: IOSUMPangu) -> str:
+    """The prompt layout a model is decoded with by default: the release's own weights (its
+    step_N.pt, or our conversion of it) were trained with the training prompt but are decoded by
+    the release's generate() with another one, which we reproduce ("release"); a model train.py
+    wrote is decoded with the prompt it was trained with ("train")."""
+    return "release" if model.source == "release" else "train"
 
 
 def pack_on_cpu(model, batch_size: int, choice: str) -> bool:
@@ -250,7 +247,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--layout",
         choices=["auto", "release", "train"],
         default="auto",
-        help="prompt layout; auto: the one the checkpoint is decoded with (see trained_layout)",
+        help="prompt layout; auto: release for the release's weights, train for ours (default_layout)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--resume", action="store_true", help="keep the lines already in --out, decode the rest")
@@ -279,7 +276,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     model = load_model(args)
-    layout = trained_layout(Path(args.checkpoint)) if args.layout == "auto" else args.layout
+    layout = default_layout(model) if args.layout == "auto" else args.layout
     generator = torch.Generator(device=str(model.speech_token_emded.weight.device)).manual_seed(args.seed)
     gen = dict(
         layout=layout,

@@ -186,6 +186,9 @@ class IOSUMPangu(nn.Module):
         self.tokenizer: PanguTokenizer | None = None
         self.tokenizer_file: Path | None = None
         self.prompt_ids: dict[str, list[int]] = {}
+        # "release": the weights are the release's (its step_N.pt, or our conversion of it), which its
+        # generate() decodes with another prompt than it trained with; "ours": trained by train.py
+        self.source = "ours"
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -413,8 +416,10 @@ class IOSUMPangu(nn.Module):
             if config is not None:
                 raise ValueError(f"{path} carries its own config.json: drop config=")
             model = cls._from_dir(path, dtype)
+            model.source = _read_our_config(path).get("source", "ours")
         else:
             model = cls._from_release(path, llm_dir, config, dtype)
+            model.source = "release"
         n = count_params(model)
         w = model.speech_token_emded.weight
         if verbose:
@@ -502,7 +507,8 @@ class IOSUMPangu(nn.Module):
             cfg = dataclasses.replace(cfg, lora_r=0)
         from safetensors.torch import save_file
 
-        meta = dict(format=FORMAT, trainable_only=trainable_only, config=cfg.to_dict(), prompt_ids=self.prompt_ids)
+        meta = dict(format=FORMAT, source=self.source, trainable_only=trainable_only, config=cfg.to_dict())
+        meta["prompt_ids"] = self.prompt_ids
         # A new folder renamed over the old one (checkpoint.atomic_dir): a model loaded from the old
         # files keeps them memory-mapped, while rewriting them in place would pull its pages away.
         with atomic_dir(out_dir) as tmp:

@@ -151,3 +151,10 @@ def test_released_checkpoint_decodes_with_the_release_layout(reference_dir, tmp_
         max_new_tokens=5,
     )
     assert got["output"] == want[0] and got["n_tokens"] == len(ids[0]) == 5 and got["finished"] is False
+    # our conversion of it (python model.py convert) remembers whose weights they are: same layout
+    converted = model.save_pretrained(tmp_path / "converted")
+    infer.main(
+        ["--checkpoint", str(converted), "--data", str(lst), "--out", str(tmp_path / "c.jsonl")]
+        + ["--device", "cpu", "--max-new-tokens", "5"]
+    )
+    assert json.loads((tmp_path / "c.jsonl").read_text())["output"] == want[0]
