@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import toy  # noqa: E402
 from checkpoint import count_params  # noqa: E402
+from pangu import IGNORE_ID, lm_loss  # noqa: E402
 
 
 def loader_rate(paths, num_workers: int, max_frames: int, n_batches: int) -> tuple[float, int]:
@@ -60,8 +60,8 @@ class StandIn(torch.nn.Module):
         x = torch.cat([self.llm.embed(ins), speech, self.llm.embed(tgt)], 1)  # (B, L, D)
         L = x.shape[1]
         logits = self.llm(inputs_embeds=x, position_ids=torch.arange(L)[None].expand(len(x), L))
-        labels = torch.cat([torch.full(x.shape[:2], -100)[:, : L - tgt.shape[1]], batch["target"]], 1)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        labels = torch.cat([torch.full(x.shape[:2], IGNORE_ID)[:, : L - tgt.shape[1]], batch["target"]], 1)
+        loss = lm_loss(logits[:, :-1], labels[:, 1:])
         return {"loss": loss}
 
 

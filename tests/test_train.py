@@ -314,13 +314,44 @@ def stage_args(root, stage, *extra):
     if stage == 0:
         data_args = ["--data", str(toy / "corpus.txt"), "--block", "32", "--batch-size", "8"]
     else:
-        data_args = ["--data", str(toy / "train" / "shards_list.txt"), "--batch-size", "8",
-                     "--dev-data", str(toy / "dev" / "data.list"), "--batch-frames", "300",
-                     "--text-weight", "0.05"]  # fmt: skip
-    return ["--stage", str(stage), "--out", str(root / "runs" / f"stage{stage}"),
-            "--tokenizer", str(toy / "tokenizer.model"), "--device", "cpu", "--steps", "8",
-            "--lr", "2e-3", "--warmup", "2", "--accum", "1", "--eval-every", "8",
-            "--eval-batches", "2", "--save-every", "0", *data_args, *extra]  # fmt: skip
+        data_args = [
+            "--data",
+            str(toy / "train" / "shards_list.txt"),
+            "--batch-size",
+            "8",
+            "--dev-data",
+            str(toy / "dev" / "data.list"),
+            "--batch-frames",
+            "300",
+            "--text-weight",
+            "0.05",
+        ]
+    return [
+        "--stage",
+        str(stage),
+        "--out",
+        str(root / "runs" / f"stage{stage}"),
+        "--tokenizer",
+        str(toy / "tokenizer.model"),
+        "--device",
+        "cpu",
+        "--steps",
+        "8",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "2",
+        "--accum",
+        "1",
+        "--eval-every",
+        "8",
+        "--eval-batches",
+        "2",
+        "--save-every",
+        "0",
+        *data_args,
+        *extra,
+    ]
 
 
 def run_main(argv, snapshot=None):
@@ -406,8 +437,20 @@ def test_resume_continues_exactly_on_the_real_model(stages):
     init = ["--stage", "3", "--init", str(root / "runs" / "stage2" / "final")]
 
     def run(out, steps, *extra):
-        argv = stage_args(root, 3, "--out", str(root / out), "--steps", str(steps),
-                          "--eval-every", "0", "--text-weight", "0", *init, *extra)  # fmt: skip
+        argv = stage_args(
+            root,
+            3,
+            "--out",
+            str(root / out),
+            "--steps",
+            str(steps),
+            "--eval-every",
+            "0",
+            "--text-weight",
+            "0",
+            *init,
+            *extra,
+        )
         return train.main(argv)
 
     full = run("full", 4)
@@ -417,8 +460,9 @@ def test_resume_continues_exactly_on_the_real_model(stages):
     # Resume restores everything a step depends on, so the same kernels give bit-equal steps
     # (measured 0.0). The bounds are small (rtol 1e-5 on losses ~6; atol 1e-6 = 2 ulp at
     # |w| <= 4.8), not room for drift.
-    torch.testing.assert_close([r["loss"] for r in resumed["history"]],
-                               [r["loss"] for r in full["history"][2:]], rtol=1e-5, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        [r["loss"] for r in resumed["history"]], [r["loss"] for r in full["history"][2:]], rtol=1e-5, atol=0
+    )
     a = load_file(root / "full" / "step_0000004" / "model.safetensors")
     b = load_file(root / "halves" / "step_0000004" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -427,8 +471,9 @@ def test_resume_continues_exactly_on_the_real_model(stages):
 
 
 def _ddp_worker(rank, world, port, argv, out):
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     seen = []
     real = train.speech_step
@@ -439,9 +484,14 @@ def _ddp_worker(rank, world, port, argv, out):
 
     train.speech_step = spy
     res = train.main(argv)
-    torch.save({"params": {n: p.detach() for n, p in res["model"].named_parameters()},
-                "seen": seen, "losses": [r["loss"] for r in res["history"]]},
-               out / f"rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {
+            "params": {n: p.detach() for n, p in res["model"].named_parameters()},
+            "seen": seen,
+            "losses": [r["loss"] for r in res["history"]],
+        },
+        out / f"rank{rank}.pt",
+    )
 
 
 def test_ddp_gloo_two_processes_keep_replicas_identical(stages, tmp_path):
@@ -453,8 +503,18 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(stages, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = stage_args(root, 3, "--out", str(tmp_path / "ddp"), "--steps", "3", "--eval-every",
-                      "0", "--init", str(root / "runs" / "stage2" / "final"))  # fmt: skip
+    argv = stage_args(
+        root,
+        3,
+        "--out",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "3",
+        "--eval-every",
+        "0",
+        "--init",
+        str(root / "runs" / "stage2" / "final"),
+    )
     mp.spawn(_ddp_worker, args=(2, port, argv, tmp_path), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["losses"] == r1["losses"]  # the all-reduced mean, logged the same on both
@@ -471,8 +531,20 @@ def test_ddp_gloo_two_processes_keep_replicas_identical(stages, tmp_path):
 def test_bf16_autocast_path_runs_on_cpu(stages, tmp_path):
     # what CUDA / Ascend get by default: bf16 autocast, frozen weights bf16, trained float32
     root, _ = stages
-    argv = stage_args(root, 2, "--out", str(tmp_path), "--steps", "2", "--eval-every", "0",
-                      "--precision", "bf16", "--init", str(root / "runs" / "stage1" / "final"))  # fmt: skip
+    argv = stage_args(
+        root,
+        2,
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--precision",
+        "bf16",
+        "--init",
+        str(root / "runs" / "stage1" / "final"),
+    )
     res = train.main(argv)
     assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in res["history"])
     for n, p in res["model"].named_parameters():
