@@ -85,15 +85,15 @@ def _item(sample: dict, instruction: str | None, fixed: bool) -> dict:
     return item
 
 
-def _audio(item: dict, max_seconds: float) -> torch.Tensor:
-    """The item's 16 kHz waveform; raises AudioError naming the file (or tar:key)."""
+def _frames(item: dict, max_seconds: float) -> int:
+    """Mel frames of the item's audio, from its header alone; over-long audio is refused here,
+    before anything is decoded. Raises AudioError / BadSample naming the file (or tar:key)."""
     sample = item["sample"]
-    frames = data.audio_frames(sample)  # from the header: refuse over-long audio before decoding it
+    frames = data.audio_frames(sample)
     if frames > max_seconds * data.FRAMES_PER_SECOND:
-        raise AudioError(
-            f"{sample.get('wav', sample.get('src'))}: {frames / 100:.1f} s is over --max-seconds {max_seconds}"
-        )
-    return data.decode_audio(sample)
+        where = sample.get("wav", sample.get("src"))
+        raise AudioError(f"{where}: {frames / data.FRAMES_PER_SECOND:.1f} s is over --max-seconds {max_seconds}")
+    return frames
 
 
 # ----------------------------------------------------------------------------- results file
@@ -138,48 +138,62 @@ def decode_items(
     if not resume:
         out.write_text("")
     todo = [i for i in range(len(items)) if i not in done]
-    audio, n_audio_s, t_model, n_tokens = {}, 0.0, 0.0, 0
+    frames, n_audio_s, t_model, n_tokens = {}, 0.0, 0.0, 0
+    max_new = gen.get("max_new_tokens", 400)
+
+    def failed(i: int, error: str) -> None:
+        items[i]["error"] = error
+        done[i] = _record(i, items[i])
+        f.write(json.dumps(done[i], ensure_ascii=False) + "\n")
+
     with open(out, "a", encoding="utf-8") as f:
-        for i in todo:  # bad lines and unreadable audio are answered at once
-            if items[i].get("error") is None:
-                try:
-                    audio[i] = _audio(items[i], max_seconds)
-                except AudioError as e:
-                    items[i]["error"] = str(e)
-                except BadSample as e:  # missing or unreadable audio, found from its header
-                    items[i]["error"] = f"{items[i]['sample'].get('src')}: {e.reason}: {e}"
+        for i in todo:  # bad lines, missing, unreadable and over-long audio are answered at once
+            try:
+                if items[i].get("error") is None:
+                    frames[i] = _frames(items[i], max_seconds)
+            except AudioError as e:
+                items[i]["error"] = str(e)
+            except BadSample as e:
+                items[i]["error"] = f"{items[i]['sample'].get('src')}: {e.reason}: {e}"
             if items[i].get("error") is not None:
-                done[i] = _record(i, items[i])
-                f.write(json.dumps(done[i], ensure_ascii=False) + "\n")
+                failed(i, items[i]["error"])
         f.flush()
-        order = sorted(audio, key=lambda i: (len(audio[i]), i))  # length-sorted batches
-        max_new = gen.get("max_new_tokens", 400)
+        order = sorted(frames, key=lambda i: (frames[i], i))  # length-sorted batches
         bar = tqdm(total=len(order), unit="utt", desc="decoding", dynamic_ncols=True, file=sys.stderr)
         for b in range(0, len(order), batch_size):
-            rows = order[b : b + batch_size]
+            audio = {}
+            for i in order[b : b + batch_size]:  # decoded one batch at a time
+                try:
+                    audio[i] = data.decode_audio(items[i]["sample"])
+                except AudioError as e:
+                    failed(i, str(e))
+            rows = list(audio)
             t0 = time.perf_counter()
-            texts, ids = model.generate(
-                audio=[audio[i] for i in rows], instruction=[items[i]["instruction"] for i in rows], **gen
+            texts, ids = (
+                model.generate(
+                    audio=[audio[i] for i in rows], instruction=[items[i]["instruction"] for i in rows], **gen
+                )
+                if rows
+                else ([], [])
             )
             synchronize(str(model.speech_token_emded.weight.device))
             t_model += time.perf_counter() - t0
             for i, text, row in zip(rows, texts, ids):
                 seconds = round(len(audio[i]) / SAMPLE_RATE, 3)
-                done[i] = _record(
-                    i, items[i], output=text, finished=len(row) < max_new, n_tokens=len(row), seconds=seconds
-                )
+                result = dict(output=text, finished=len(row) < max_new, n_tokens=len(row), seconds=seconds)
+                done[i] = _record(i, items[i], **result)
                 f.write(json.dumps(done[i], ensure_ascii=False) + "\n")
                 n_audio_s += seconds
                 n_tokens += len(row)
             f.flush()
-            bar.update(len(rows))
+            bar.update(len(order[b : b + batch_size]))
         bar.close()
     lines = [json.dumps(done[i], ensure_ascii=False) + "\n" for i in range(len(items))]
     atomic_write(out, "".join(lines))
     errors = [done[i]["error"] for i in range(len(items)) if done[i]["error"]]
     return {
         "lines": len(items),
-        "decoded": len(order),
+        "decoded": len(order) - sum(1 for i in order if done[i]["error"]),
         "resumed": len(items) - len(todo),
         "errors": len(errors),
         "first_errors": errors[:5],
