@@ -349,7 +349,9 @@ def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int)
     }
 
 
-def toy_paths(root: Path) -> dict[str, Path]:
+def toy_paths(root: str | Path) -> dict[str, Path]:
+    """Where the toy world under `root` keeps each of its parts."""
+    root = Path(root)
     return {
         "root": root,
         "tokenizer": root / "tokenizer.model",
