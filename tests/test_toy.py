@@ -2,6 +2,7 @@
 layout, its labels are balanced and every task's cue is learnable on held-out speakers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,8 @@ def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
     centroids = np.stack([Xw[[w == v for w in yw]].mean(0) for v in words])
     pred = [words[k] for k in ((Xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
     assert np.mean([p == w for p, w in zip(pred, yt)]) >= 0.85  # 20 words: chance 0.05
+
+
+def test_toy_paths_from_a_cli_string():
+    # train.py passes --toy-dir as given on the command line
+    assert toy_world.toy_paths("toy_data")["tokenizer"] == toy_world.toy_paths(Path("toy_data"))["tokenizer"]
