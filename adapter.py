@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from whisper_enc import LayerNorm, check_positions  # LayerNorm in float32; eps 1e-5 is WeNet's too
+
 PREFIXES = ("down_sample_2.", "speech_transformer.", "speech_llama_proj.")
 PE_KEY = "speech_transformer.embed.pos_enc.pe"  # (1, 5000, d) sinusoid buffer of the release
 
@@ -46,7 +48,7 @@ ADAPTER_PRESETS = {
     # the release: Whisper-medium 1024 -> openPangu-7B 4096; 4 blocks / 4 heads / FFN 2560 are
     # hard-coded in the release's adapter; 52.5 M parameters
     "osum_echat": dict(),
-    # toy study (contract): toy Whisper 128 -> toy Pangu 256; 0.6 M parameters
+    # toy study: toy Whisper 128 -> toy Pangu 256; 0.6 M parameters
     "toy": dict(d_in=128, d_model=128, n_blocks=2, n_heads=4, d_ffn=512, d_out=256),
     # unit tests only
     "tiny": dict(d_in=64, d_model=64, n_blocks=2, n_heads=4, d_ffn=128, d_out=64),
@@ -61,17 +63,6 @@ def sinusoids_interleaved(length: int, d: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
-
-
-class LayerNorm(nn.LayerNorm):
-    """eps 1e-5 (WeNet's), computed in float32 whatever the weights' dtype, cast back."""
-
-    def __init__(self, d: int):
-        super().__init__(d, eps=1e-5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight.float(), self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 class Conv1dSubsampling4(nn.Module):
@@ -176,11 +167,12 @@ class SpeechTransformer(nn.Module):
         self.embed = LinearInput(cfg)
         self.encoders = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_blocks))
         self.after_norm = LayerNorm(cfg.d_model)
+        self.gradient_checkpointing = False  # the release checkpoints the encoder only
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, ckpt: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
         for layer in self.encoders:
-            if ckpt:  # recompute in backward: activations of one block at a time
+            if self.gradient_checkpointing and self.training:  # recompute in backward, block by block
                 x = checkpoint(layer, x, key_mask, use_reentrant=False)
             else:
                 x = layer(x, key_mask)
@@ -194,11 +186,17 @@ class Adapter(nn.Module):
         self.down_sample_2 = Conv1dSubsampling4(cfg.d_in, cfg.d_model)
         self.speech_transformer = SpeechTransformer(cfg)
         self.speech_llama_proj = nn.Linear(cfg.d_model, cfg.d_out)
-        self.gradient_checkpointing = False  # the release checkpoints the encoder only
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """The switch of the blocks, which are the speech transformer's (train.py sets it here)."""
+        return self.speech_transformer.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.speech_transformer.gradient_checkpointing = on
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder features (B, T, d_in) with valid lengths (B,) -> (B, T'', d_out), lengths''.
 
         T'' = ceil(ceil(T/2)/2) and lengths'' = ceil(ceil(lengths/2)/2) (the release subsamples
@@ -210,12 +208,9 @@ class Adapter(nn.Module):
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
         x = self.down_sample_2(x)  # (B, T'', d_model)
-        lengths = torch.div(
-            torch.div(lengths + 1, 2, rounding_mode="floor") + 1, 2, rounding_mode="floor"
-        )
+        lengths = ((lengths + 1) // 2 + 1) // 2
         key_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T'')
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        x = self.speech_transformer(x, key_mask, ckpt)
+        x = self.speech_transformer(x, key_mask)  # (B, T'', d_model)
         return self.speech_llama_proj(x), lengths  # (B, T'', d_out), (B,)
 
 
@@ -229,21 +224,7 @@ def adapter_state_dict(sd: dict) -> dict:
     out = {}
     for key, value in sd.items():
         if key == PE_KEY:
-            check_pe(value, key)
+            check_positions(key, value, sinusoids_interleaved)
         elif key.startswith(PREFIXES):
             out[key] = value
     return out
-
-
-def check_pe(pe: torch.Tensor, key: str = PE_KEY) -> None:
-    """Raise if a stored position table is not WeNet's interleaved sin/cos formula."""
-    if pe.dim() != 3 or pe.shape[0] != 1:
-        raise ValueError(f"{key}: expected shape (1, N, d), got {tuple(pe.shape)}")
-    if pe.is_meta:
-        return  # nothing to compare (a key-set check on the meta device)
-    want = sinusoids_interleaved(pe.shape[1], pe.shape[2])
-    # float32 arguments near 5000 rad carry ~5e-4 of rounding; bf16 tables round to ~4e-3
-    tol = 2e-3 if pe.dtype == torch.float32 else 1e-2
-    diff = (pe[0].float() - want).abs().max().item()
-    if diff > tol:
-        raise ValueError(f"{key}: not the interleaved sinusoid table (max diff {diff:.3g})")

@@ -102,7 +102,7 @@ def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", dtype=No
     """load_state_dict(assign=True) onto a meta-built model after checking names and shapes.
 
     A missing, unexpected or mis-shaped key raises naming it (`origin`: our key -> the checkpoint's,
-    named too). Floating tensors are cast to dtype one by one when it is given. Afterwards no buffer
+    named too). Floating tensors are cast to dtype (in sd) when it is given. Afterwards no buffer
     may be left on the meta device.
     """
 
@@ -126,8 +126,10 @@ def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", dtype=No
         problems.append("mis-shaped keys: " + "; ".join(shapes[:6]))
     if problems:
         raise ValueError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
-    if dtype is not None:
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}  # no copy if dtype
+    if dtype is not None:  # in place, one by one: each original can go once cast (no copy if already dtype)
+        for k, v in sd.items():
+            if v.is_floating_point():
+                sd[k] = v.to(dtype)
     model.load_state_dict(sd, strict=True, assign=True)
     for k, b in model.named_buffers():
         if b.is_meta:

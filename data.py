@@ -3,7 +3,7 @@
 Mirrors the data side of the release (WeNet `wenet/dataset/{dataset,processor}.py` as OSUM uses
 it): raw / shard / combine lists and a weighted data mix, each sample turned into its stage's
 instruction and target by `tasks.py`, SpecAugment + SpecSub, shuffle and sort buffers, dynamic
-batching by padded frames, a resumable DataLoader split over DDP ranks and workers (SPEC §7-§10).
+batching by padded frames, a resumable DataLoader split over DDP ranks and workers (docs/release.md §7-§10).
 Any corpus in these formats is read the same way; the toy world (`toy.py`) is one of them.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from tokenizer import PanguTokenizer
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pangu import IGNORE_ID
 from tasks import DEFAULT_TASK, BadSample, build_prompt, intent_samples
+from tokenizer import PanguTokenizer
 from whisper_enc import HOP_LENGTH, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram
 
 log = logging.getLogger("data")
@@ -124,7 +124,7 @@ def resolve_path(path: str, list_dir: Path | None) -> Path:
 
 
 def _parse_extra(extra, where: str) -> dict:
-    """`extra` is a JSON object or a JSON string holding one (SPEC §10)."""
+    """`extra` is a JSON object or a JSON string holding one (docs/release.md §10)."""
     if extra is None or extra == "":
         return {}
     if isinstance(extra, (bytes, bytearray)):
@@ -524,7 +524,7 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 
 
 def collate(records: list[dict], mels: list[torch.Tensor] | None = None) -> dict:
-    """Records (+ their mels (n_mels, T) for speech) -> the batch format of the contract:
+    """Records (+ their mels (n_mels, T) for speech) -> the batch format model.py reads:
     keys, tasks, kind, [mel (B, n_mels, T) zero-padded, mel_lengths (B,)], instruction (B, Li)
     padded with -1, target (B, Lt) padded with IGNORE_ID (-100), + instruction_text / target_text."""
     batch = {
@@ -550,7 +550,7 @@ def collate(records: list[dict], mels: list[torch.Tensor] | None = None) -> dict
 
 @dataclass
 class DataConf:
-    """Runtime knobs of the pipeline; defaults are the release's where it has them (SPEC §9)."""
+    """Runtime knobs of the pipeline; defaults are the release's where it has them (docs/release.md §9)."""
 
     stage: int = 1  # 1 fixed tags, 2 text-only intents, 3 natural language + intents
     split: str = "train"  # train | dev | test: instruction set, shuffling, augmentation

@@ -5,13 +5,12 @@ The whole speech LLM of "I-OSUM-Pangu" (arXiv 2603.10862), as the release's
 training loss, batched generation, and loading of the released checkpoint (`step_N.pt`,
 a plain state dict) or of our own format (`model.safetensors` + `config.json`).
 Convert the release to ours: `python model.py convert CHECKPOINT OUT_DIR [--llm-dir D]`.
-generate() defaults to the release's own generate() prompt (layout="release", SPEC 7).
+generate() defaults to the release's own generate() prompt (layout="release", docs/release.md §7).
 """
 
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
@@ -24,6 +23,7 @@ from torch import nn
 
 import pangu
 from adapter import Adapter, AdapterConfig, adapter_state_dict
+from checkpoint import atomic_dir, count_params, load_strict, read_tensors, some_keys
 from pangu import IGNORE_ID, Pangu, PanguConfig, apply_lora, lm_loss, pangu_state_dict
 from tokenizer import PanguTokenizer
 from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whisper_state_dict
@@ -31,7 +31,7 @@ from whisper_enc import WhisperConfig, WhisperEncoder, log_mel_spectrogram, whis
 UNK_LABEL_ID = 7672  # the "&&" piece: the release embeds it as id 0 and gives it no loss
 SPEECH_TOKEN_NUM = 4097  # speech_token_emded rows 4097 / 4098 are the speech bos / eos
 
-# SPEC 7. Training prompt of speech tasks (the release's `..._pattern_1_understand`); note the
+# docs/release.md §7. Training prompt of speech tasks (the release's `..._pattern_1_understand`); note the
 # missing space after "responses." -- it is in the release.
 SYSTEM_SPEECH = (
     "You are OSUM-chat, an audio understanding assistant by ASLP Lab. You can transcribe speech "
@@ -146,7 +146,7 @@ PRESETS = {
         lora_alpha=16.0,
         lora_dropout=0.0,
     ),
-    # shared/reference (the original code on tiny dims): encoder 64 / 4 heads / 2 blocks / FFN
+    # tests/fixtures/reference (the original code on tiny dims): encoder 64 / 4 heads / 2 blocks / FFN
     # 256; the adapter keeps the release's hard-coded 4 blocks, 4 heads, FFN 2560; LLM 64 wide,
     # 2 layers, 4 heads, 2 kv heads, FFN 160, vocab 512; LoRA r 8, alpha 16. 1.99 M (2.26 M
     # with the unused ln_speech and speech_head, as its report.json counts).
@@ -155,10 +155,8 @@ PRESETS = {
         adapter=("osum_echat", dict(d_in=64, d_model=64, d_out=64)),
         llm=(
             "pangu-7b",
-            dict(
-                vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=160
-            ),
-        ),  # fmt: skip
+            dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=160),
+        ),
         lora_r=8,
         lora_alpha=16.0,
         lora_dropout=0.1,
@@ -178,8 +176,9 @@ class IOSUMPangu(nn.Module):
         self.cfg = cfg
         self.encoder = WhisperEncoder(cfg.whisper)
         self.adapter = Adapter(cfg.adapter)
-        # The release's speech-token table (rows < 4097 feed its unused speech_head path); rows
-        # speech_token_num and speech_token_num + 1 are the bos / eos around every speech span.
+        # `emded` is the release's spelling, kept so the key names match. Its speech-token table (rows
+        # < 4097 feed its unused speech_head path); rows speech_token_num and speech_token_num + 1 are
+        # the bos / eos around every speech span.
         self.speech_token_emded = nn.Embedding(cfg.speech_token_num + 2, cfg.llm.dim)
         if llm is not None and llm.cfg != cfg.llm:
             raise ValueError(f"the given LLM's config {llm.cfg} is not cfg.llm {cfg.llm}")
@@ -189,6 +188,9 @@ class IOSUMPangu(nn.Module):
         self.tokenizer: PanguTokenizer | None = None
         self.tokenizer_file: Path | None = None
         self.prompt_ids: dict[str, list[int]] = {}
+        # "release": the weights are the release's (its step_N.pt, or our conversion of it), which its
+        # generate() decodes with another prompt than it trained with; "ours": trained by train.py
+        self.source = "ours"
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -198,17 +200,13 @@ class IOSUMPangu(nn.Module):
             self.tokenizer_file = Path(tokenizer)
             tokenizer = PanguTokenizer(tokenizer)
         self.tokenizer = tokenizer
-        self.prompt_ids = {
-            name: tokenizer.encode(text, bos=True) for name, text in PROMPT_TEXTS.items()
-        }
+        self.prompt_ids = {name: tokenizer.encode(text, bos=True) for name, text in PROMPT_TEXTS.items()}
 
     def set_prompt_ids(self, **ids: list[int]) -> None:
         """Explicit prompt ids (keys of PROMPT_TEXTS), e.g. the reference's recorded ones."""
         unknown = set(ids) - set(PROMPT_TEXTS)
         if unknown:
-            raise ValueError(
-                f"unknown prompt segments {sorted(unknown)}; known: {list(PROMPT_TEXTS)}"
-            )
+            raise ValueError(f"unknown prompt segments {sorted(unknown)}; known: {list(PROMPT_TEXTS)}")
         self.prompt_ids.update({k: [int(i) for i in v] for k, v in ids.items()})
 
     def _need_tokenizer(self, why: str) -> PanguTokenizer:
@@ -237,10 +235,7 @@ class IOSUMPangu(nn.Module):
         """ids (B, Li) padded with -1 (no BOS). The release fills pads with the eos id."""
         ids = ids.to(self.speech_token_emded.weight.device)
         mask = ids >= 0  # (B, Li)
-        # Pads are masked, so the fill only has to be a valid row; shared/reference's tiny
-        # config.json keeps the real eos 45892 beside its 512-piece vocabulary.
-        fill = self.cfg.llm.eos_id if self.cfg.llm.eos_id < self.cfg.llm.vocab_size else 0
-        ids = ids.masked_fill(~mask, fill)
+        ids = ids.masked_fill(~mask, 0)  # pads are masked: any valid row will do (the release: eos)
         if bos:  # the release's generate() tokenizes the instruction with a BOS
             ids = F.pad(ids, (1, 0), value=self.cfg.llm.bos_id)
             mask = F.pad(mask, (1, 0), value=True)
@@ -280,7 +275,7 @@ class IOSUMPangu(nn.Module):
         return embeds, mask, torch.full(mask.shape, IGNORE_ID, device=x.device)
 
     def build_inputs(self, batch: dict, layout: str = "train", with_target: bool = True) -> dict:
-        """The LLM inputs of a batch (SPEC 7): segments padded on their own, concatenated.
+        """The LLM inputs of a batch (docs/release.md §7): segments padded on their own, concatenated.
 
         speech: [P1][instruction][bos_s][speech][eos_s][P2]([target])
         text:   [P1_text][instruction][P2]([target])
@@ -311,9 +306,7 @@ class IOSUMPangu(nn.Module):
         embeds, mask, labels = (torch.cat(parts, 1) for parts in zip(*segments))
         mask = mask.long()
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        return dict(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels
-        )
+        return dict(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels)
 
     # -- training forward --------------------------------------------------------------------
 
@@ -332,25 +325,17 @@ class IOSUMPangu(nn.Module):
 
     # -- generation --------------------------------------------------------------------------
 
-    def _as_batch(self, batch, mel, mel_lengths, audio, instruction) -> dict:
+    def _as_batch(self, batch, mel, mel_lengths, audio, instruction: list) -> dict:
         """generate()'s keyword inputs -> a data.py-style batch."""
         if batch is not None:
             return batch
-        if isinstance(instruction, str):
-            instruction = [instruction]
-        if isinstance(instruction, list):  # strings or id lists, one per row
-            if any(isinstance(r, str) for r in instruction):
-                tok = self._need_tokenizer("a text instruction")
-                instruction = [
-                    tok.encode(r, bos=False) if isinstance(r, str) else r for r in instruction
-                ]
-            width = max(len(r) for r in instruction)
-            instruction = torch.tensor([list(r) + [-1] * (width - len(r)) for r in instruction])
+        if any(isinstance(r, str) for r in instruction):  # strings or id lists, one per row
+            tok = self._need_tokenizer("a text instruction")
+            instruction = [tok.encode(r, bos=False) if isinstance(r, str) else r for r in instruction]
+        width = max(len(r) for r in instruction)
+        instruction = torch.tensor([list(r) + [-1] * (width - len(r)) for r in instruction])  # (B, Li)
         if audio is not None:  # 16 kHz waveforms -> zero-padded log-mels
-            mels = [
-                log_mel_spectrogram(torch.as_tensor(a), n_mels=self.cfg.whisper.n_mels)
-                for a in audio
-            ]
+            mels = [log_mel_spectrogram(torch.as_tensor(a), n_mels=self.cfg.whisper.n_mels) for a in audio]
             mel_lengths = torch.tensor([m.shape[-1] for m in mels])
             mel = torch.zeros(len(mels), mels[0].shape[0], int(mel_lengths.max()))
             for i, m in enumerate(mels):
@@ -366,7 +351,7 @@ class IOSUMPangu(nn.Module):
         mel: torch.Tensor | None = None,
         mel_lengths: torch.Tensor | None = None,
         audio: list | None = None,
-        instruction=None,
+        instruction: list | None = None,
         layout: str = "release",
         max_new_tokens: int = 400,
         repetition_penalty: float = 1.05,
@@ -381,7 +366,7 @@ class IOSUMPangu(nn.Module):
         prompt, greedy, repetition penalty 1.05 on generated tokens, 400 new tokens at most.
 
         Give a data.py batch, or mel (B, n_mels, T) + mel_lengths (B,), or audio (a list of
-        16 kHz waveforms), with instruction as strings, id lists, or ids (B, Li) padded -1;
+        16 kHz waveforms), with instruction a list of strings or of id lists, one per row;
         without speech the batch is text-only. A batch gives the tokens each row gives alone.
         """
         batch = self._as_batch(batch, mel, mel_lengths, audio, instruction)
@@ -433,13 +418,14 @@ class IOSUMPangu(nn.Module):
             if config is not None:
                 raise ValueError(f"{path} carries its own config.json: drop config=")
             model = cls._from_dir(path, dtype)
+            model.source = _read_our_config(path).get("source", "ours")
         else:
             model = cls._from_release(path, llm_dir, config, dtype)
-        n = sum(p.numel() for p in model.parameters())
+            model.source = "release"
+        n = count_params(model)
         w = model.speech_token_emded.weight
         if verbose:
-            print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, "
-                  f"{time.time() - t:.1f} s")  # fmt: skip
+            print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, {time.time() - t:.1f} s")
         tokenizer = tokenizer or _tokenizer_file(llm_dir) or model.tokenizer_file
         if tokenizer is not None:
             model.set_prompts(tokenizer)
@@ -463,14 +449,12 @@ class IOSUMPangu(nn.Module):
             # The aliases are separate copies here. Compare them through a mapping of their
             # own, which goes away afterwards: read through the main mapping, their pages
             # would stay resident (2 x 1.26 GB for the 7B) for as long as the model lives.
-            sd = read_safetensors(path, skip=tuple(RELEASED_ALIASES))
+            sd = read_tensors(path, skip=RELEASED_ALIASES)
             check_release_layout(sd, str(path))
             for pair in RELEASED_ALIASES.items():  # one pair at a time
-                check_aliases(read_safetensors(path, pair), str(path))
+                check_aliases(read_tensors(path, keys=pair), str(path))
         else:
-            sd = read_state_dict(path)  # a .pt shares one storage per alias: nothing to read
-        if isinstance(sd.get("module"), dict):  # DeepSpeed's mp_rank_00_model_states.pt
-            sd = sd["module"]
+            sd = read_tensors(path)  # a .pt shares one storage per alias: nothing to read
         ours = released_state_dict(sd, str(path))
         with torch.device("meta"):
             model = cls(cfg)
@@ -478,10 +462,8 @@ class IOSUMPangu(nn.Module):
             # encoder + adapter only (e.g. after stage 1): the base LLM from the openPangu dir
             if llm_dir is None:
                 raise ValueError(f"{path} holds no LLM weights (llama_model.*): pass llm_dir")
-            wrapped = {
-                k.replace(".base_layer.", ".") for k in model.state_dict() if ".base_layer." in k
-            }
-            for k, v in pangu_state_dict(pangu.read_weights(Path(llm_dir))).items():
+            wrapped = {k.replace(".base_layer.", ".") for k in model.state_dict() if ".base_layer." in k}
+            for k, v in pangu_state_dict(read_tensors(llm_dir)).items():
                 name = "llm." + k  # a LoRA-wrapped Linear keeps its weights under base_layer
                 if name in wrapped:
                     name = "{}.base_layer.{}".format(*name.rsplit(".", 1))
@@ -491,7 +473,7 @@ class IOSUMPangu(nn.Module):
                     if ".lora_" in name:
                         ours[name] = (torch.zeros if ".lora_B." in name else _kaiming)(p.shape)
         dtype = dtype or _main_dtype(ours)
-        load_checked(model, ours, f"{path} (dims from {source})", dtype)
+        load_strict(model, ours, f"{path} (dims from {source})", dtype)
         return model
 
     @classmethod
@@ -503,23 +485,20 @@ class IOSUMPangu(nn.Module):
                 "model with from_pretrained(...), then model.load_trainable(path)"
             )
         cfg = IOSUMConfig.from_dict(meta["config"])
-        sd = read_safetensors(path / WEIGHTS_NAME)
+        sd = read_tensors(path / WEIGHTS_NAME)
         with torch.device("meta"):
             model = cls(cfg)
-        load_checked(model, sd, str(path / WEIGHTS_NAME), dtype or _main_dtype(sd))
+        load_strict(model, sd, str(path / WEIGHTS_NAME), dtype or _main_dtype(sd))
         model.prompt_ids = {k: list(v) for k, v in meta.get("prompt_ids", {}).items()}
         if (path / TOKENIZER_NAME).exists():
             model.tokenizer_file = path / TOKENIZER_NAME
         return model
 
-    def save_pretrained(self, out_dir: str | Path, trainable_only: bool = False,
-                        merge_lora: bool = False) -> Path:  # fmt: skip
+    def save_pretrained(self, out_dir: str | Path, trainable_only: bool = False, merge_lora: bool = False) -> Path:
         """Write `model.safetensors` + `config.json` (+ the tokenizer files), loadable by
         `from_pretrained(out_dir)`. trainable_only: only parameters with requires_grad (a
         training checkpoint, for `load_trainable`). merge_lora: fold LoRA into the base
         weights and save a LoRA-free model (config lora_r = 0)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         if trainable_only:
             sd = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -530,22 +509,19 @@ class IOSUMPangu(nn.Module):
             cfg = dataclasses.replace(cfg, lora_r=0)
         from safetensors.torch import save_file
 
-        # Written beside, then renamed: a model loaded from this very file holds it
-        # memory-mapped, and rewriting the file in place would pull its pages away.
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
-        os.replace(tmp, out / WEIGHTS_NAME)
-        meta = dict(format=FORMAT, trainable_only=trainable_only, config=cfg.to_dict(),
-                    prompt_ids=self.prompt_ids)  # fmt: skip
-        (out / "config.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(out / "config.json.tmp", out / "config.json")
-        if self.tokenizer_file is not None and self.tokenizer_file.exists():
-            if self.tokenizer_file.resolve() != (out / TOKENIZER_NAME).resolve():
-                shutil.copyfile(self.tokenizer_file, out / TOKENIZER_NAME)
-            extra = self.tokenizer_file.parent / "tokenizer_config.json"  # openPangu's table
-            if extra.exists() and extra.resolve() != (out / extra.name).resolve():
-                shutil.copyfile(extra, out / extra.name)
-        return out
+        meta = dict(format=FORMAT, source=self.source, trainable_only=trainable_only, config=cfg.to_dict())
+        meta["prompt_ids"] = self.prompt_ids
+        # A new folder renamed over the old one (checkpoint.atomic_dir): a model loaded from the old
+        # files keeps them memory-mapped, while rewriting them in place would pull its pages away.
+        with atomic_dir(out_dir) as tmp:
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / WEIGHTS_NAME))
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if self.tokenizer_file is not None and self.tokenizer_file.exists():
+                shutil.copyfile(self.tokenizer_file, tmp / TOKENIZER_NAME)
+                table = self.tokenizer_file.parent / "tokenizer_config.json"  # its added tokens
+                if table.exists():
+                    shutil.copyfile(table, tmp / table.name)
+        return Path(out_dir)
 
     @torch.no_grad()
     def load_trainable(self, path: str | Path) -> "IOSUMPangu":
@@ -554,15 +530,13 @@ class IOSUMPangu(nn.Module):
         meta = _read_our_config(path)
         if meta["config"] != self.cfg.to_dict():
             raise ValueError(f"{path / 'config.json'}: its config differs from this model's")
-        sd = read_safetensors(path / WEIGHTS_NAME)
+        sd = read_tensors(path / WEIGHTS_NAME)
         want = self.state_dict()
         for k, v in sd.items():
             if k not in want:
                 raise KeyError(f"{path}: unexpected key {k}")
             if v.shape != want[k].shape:
-                raise ValueError(
-                    f"{path}: {k} has shape {tuple(v.shape)}, model {tuple(want[k].shape)}"
-                )
+                raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, model {tuple(want[k].shape)}")
             want[k].copy_(v)
         return self
 
@@ -615,27 +589,23 @@ def _merged(model: IOSUMPangu, sd: dict) -> dict:
     for name, m in model.named_modules():
         if isinstance(m, pangu.LoRALinear):
             w = sd[f"{name}.base_layer.weight"]
-            A, B = m.lora_A.weight.float(), m.lora_B.weight.float()
-            delta = (B @ A) * m.scaling if not m.merged else 0.0  # float32, then rounded once
-            sd[f"{name}.base_layer.weight"] = (w.float() + delta).to(w.dtype)
+            if not m.merged:  # float32, then rounded once
+                sd[f"{name}.base_layer.weight"] = (w.float() + m.delta_weight()).to(w.dtype)
             del sd[f"{name}.lora_A.weight"], sd[f"{name}.lora_B.weight"]
     return {k.replace(".base_layer.", "."): v for k, v in sd.items()}
-
-
-def load_checked(model: nn.Module, sd: dict, source: str, dtype: torch.dtype) -> None:
-    """Strict load onto a meta-built model (pangu.load_strict: names and shapes checked,
-    floating tensors cast one by one, assigned), then no buffer may be left on meta."""
-    pangu.load_strict(model, sd, source, dtype)
-    for name, b in model.named_buffers():
-        if b.is_meta:
-            raise RuntimeError(f"buffer {name} was left on the meta device")
 
 
 # ----------------------------------------------------------------------------- the released layout
 
 # Prefix of each part in the released state dict (LLMASR_Model.state_dict()) -> ours.
-RELEASED_PARTS = ("encoder.", "down_sample_2.", "speech_transformer.", "speech_llama_proj.",
-                  "speech_token_emded.", "llama_model.")  # fmt: skip
+RELEASED_PARTS = (
+    "encoder.",
+    "down_sample_2.",
+    "speech_transformer.",
+    "speech_llama_proj.",
+    "speech_token_emded.",
+    "llama_model.",
+)
 # Keys dropped on purpose, each with the reason.
 RELEASED_DROPPED = {
     "ln_speech.": "LayerNorm(1024) registered in LLMASR_Model.__init__ but never called",
@@ -651,7 +621,7 @@ def check_release_layout(sd: dict, source: str) -> None:
     if not any(k.startswith(("down_sample_2.", "speech_llama_proj.")) for k in sd):
         raise ValueError(
             f"{source} is not a released I-OSUM-Pangu checkpoint (no down_sample_2.* / "
-            f"speech_llama_proj.* keys; it starts with {pangu.some_keys(sorted(sd), 4)}). "
+            f"speech_llama_proj.* keys; it starts with {some_keys(sorted(sd), 4)}). "
             "An openPangu checkpoint goes in llm_dir=; a Whisper one in whisper_enc.load_whisper"
         )
 
@@ -687,7 +657,7 @@ def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
         else:
             parts[part][k] = v
     if unknown:
-        raise ValueError(f"{source}: unexpected keys {pangu.some_keys(unknown)}")
+        raise ValueError(f"{source}: unexpected keys {some_keys(unknown)}")
     out = {}
     if parts["encoder."]:  # checks encoder.embed.pos_enc.pe against the formula, drops it
         out.update({"encoder." + k: v for k, v in whisper_state_dict(parts["encoder."]).items()})
@@ -704,40 +674,6 @@ def released_state_dict(sd: dict, source: str = "checkpoint") -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- reading files
-
-
-def read_safetensors(
-    path: str | Path, keys: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()
-) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file (all, or those in `keys`, less `skip`), memory-mapped
-    copy-on-write by safetensors: nothing is read until used, a page read counts once in the
-    resident set (until every tensor of that mapping is gone), a page written becomes private
-    memory. Assigned to a meta-built model, the weights are never copied (bench/memory.py:
-    peak 1.02x the tensor bytes over the interpreter)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if (keys is None or k in keys) and k not in skip]
-        return {k: f.get_tensor(k) for k in names}
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A released checkpoint: `.pt` (torch.load, weights only, memory-mapped) or `.safetensors`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    return sd
-
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -747,19 +683,23 @@ def main(argv: list[str] | None = None) -> None:
     conv = sub.add_parser("convert", help="released checkpoint -> our format (a directory)")
     conv.add_argument("checkpoint", help="step_N.pt or the same dict as .safetensors")
     conv.add_argument("out_dir")
-    conv.add_argument("--llm-dir", help="openPangu dir: config.json, tokenizer.model (weights "
-                      "only if the checkpoint has none)")  # fmt: skip
+    conv.add_argument(
+        "--llm-dir", help="openPangu dir: config.json, tokenizer.model (weights only if the checkpoint has none)"
+    )
     conv.add_argument("--preset", default="iosum-pangu-7b", choices=sorted(PRESETS))
     conv.add_argument("--merge-lora", action="store_true", help="fold LoRA into the weights")
-    conv.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
-                      help="default: the checkpoint's")  # fmt: skip
+    conv.add_argument(
+        "--dtype", choices=["bfloat16", "float32", "float16"], default=None, help="default: the checkpoint's"
+    )
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = IOSUMPangu.from_pretrained(args.checkpoint, args.llm_dir, args.preset, dtype=dtype)
-    n = sum(p.numel() for p in model.parameters())
+    n = count_params(model)
     out = model.save_pretrained(args.out_dir, merge_lora=args.merge_lora)
-    print(f"{args.checkpoint} -> {out} ({n / 1e6:.1f} M parameters, "
-          f"{'LoRA merged' if args.merge_lora else f'LoRA r {model.cfg.lora_r}'})")  # fmt: skip
+    print(
+        f"{args.checkpoint} -> {out} ({n / 1e6:.1f} M parameters, "
+        f"{'LoRA merged' if args.merge_lora else f'LoRA r {model.cfg.lora_r}'})"
+    )
 
 
 if __name__ == "__main__":

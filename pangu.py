@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from checkpoint import load_strict, read_tensors
-from tokenizer import PanguTokenizer  # noqa: F401  (transition: data.py / train.py; removed next)
 
 BOS_ID = 1  # <s>
 EOS_ID = 45892  # [unused10]: the release stops generation here
@@ -108,7 +107,7 @@ class PanguConfig:
 
 
 PRESETS = {
-    # openPangu-Embedded-7B-V1.1 config.json (SPEC §5): 8.03 B parameters, 6.77 B without
+    # openPangu-Embedded-7B-V1.1 config.json (docs/release.md §5): 8.03 B parameters, 6.77 B without
     # the embedding and the head.
     "pangu-7b": dict(),
     # the toy study: 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.
@@ -323,7 +322,8 @@ class LoRALinear(nn.Module):
             nn.init.zeros_(self.lora_B.weight)
 
     def delta_weight(self):
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+        """scaling * B @ A (out, in), in float32 whatever the weights' dtype."""
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     @torch.no_grad()
     def merge(self):

@@ -3,7 +3,7 @@
 What the model is asked (a fixed tag instruction in stage 1, natural language in stages 2-3) and
 what it must write (tags, then the ASR+X answer, e.g. `<asr><age>hello everyone<ADULT>`), in one
 place, so that the data path that builds targets and the scorer that reads outputs cannot drift
-(SPEC §8). The release's own names are the data's upper-case task names (`<TRANSCRIBE> <AGE>`).
+(docs/release.md §8). The release's own names are the data's upper-case task names (`<TRANSCRIBE> <AGE>`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- tasks and labels
 
-# SPEC §8. Intent tags in the order they are written (`<asr>` first, `<chat>` alone).
+# docs/release.md §8. Intent tags in the order they are written (`<asr>` first, `<chat>` alone).
 TAGS = ("<asr>", "<align>", "<caption>", "<emotion>", "<style>", "<gender>", "<age>", "<chat>")
 
 # Upper-case task names inside the data -> intent tags. `<ALIGN>` alone means SRWT, whose intent
-# is `<asr><align>` (SPEC §8). Lower-case tags are accepted as they are.
+# is `<asr><align>` (docs/release.md §8). Lower-case tags are accepted as they are.
 TASK_NAMES = {
     "<TRANSCRIBE>": ("<asr>",),
     "<ALIGN>": ("<asr>", "<align>"),
@@ -36,11 +36,11 @@ DEFAULT_TASK = "<TRANSCRIBE>"  # WeNet raw lists without a task
 
 
 def _label_token(name: str) -> str:
-    """'news/science' -> '<NEWS_SCIENCE>' (our spelling of SPEC §8's label names)."""
+    """'news/science' -> '<NEWS_SCIENCE>' (our spelling of docs/release.md §8's label names)."""
     return "<" + re.sub(r"[\s/\-]+", "_", name.strip().strip("<>")).upper() + ">"
 
 
-# SPEC §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
+# docs/release.md §8 label sets, spelled as single tokens (our choice of spelling: upper case, `_` for
 # spaces and slashes). Keys are the intent tags that take a label.
 LABELS = {
     "<caption>": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
@@ -149,7 +149,7 @@ def normalise_transcript(text: str) -> str:
 
 
 def make_target(tags: tuple[str, ...], txt: str, fields: dict) -> str:
-    """Tags + answer in the ASR+X form of SPEC §8, e.g. '<asr><age>hello everyone<ADULT>'.
+    """Tags + answer in the ASR+X form of docs/release.md §8, e.g. '<asr><age>hello everyone<ADULT>'.
 
     Rules (ours, following the release where it is known):
     - the transcript (tasks with `<asr>`) is lower-cased and its whitespace collapsed;
@@ -304,7 +304,7 @@ FRAMES = {
         ),
     },
 }
-# Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (SPEC §7).
+# Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (docs/release.md §7).
 INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这条用户指令的意图"}
 # The speech instructions of stage 3 are a narrow part of the train phrasings (the first
 # SPEECH_WORDS words of every concept, the first SPEECH_FRAMES frames), the text intents all of
@@ -313,7 +313,7 @@ INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这�
 SPEECH_WORDS, SPEECH_FRAMES = 1, 2
 INTENT_PER_COMBO = {"train": 320, "dev": 12, "test": 24}
 
-# The task combinations of SPEC §8 the bank covers (and the toy world holds).
+# The task combinations of docs/release.md §8 the bank covers (and the toy world holds).
 TASK_COMBOS = (
     ("<asr>",),
     ("<asr>", "<align>"),
@@ -374,7 +374,7 @@ def instruction_bank(tags: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def fixed_instruction(tags: tuple[str, ...]) -> str:
-    """Stage 1: the instruction is the tag string itself (SPEC §9)."""
+    """Stage 1: the instruction is the tag string itself (docs/release.md §9)."""
     return "".join(tags)
 
 
@@ -410,7 +410,7 @@ FIELD_KEYS = ("emotion", "gender", "age", "style", "caption", "event", "vocal_ev
 
 
 def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator) -> dict:
-    """A read sample -> {tags, instruction, target} for one stage (SPEC §9).
+    """A read sample -> {tags, instruction, target} for one stage (docs/release.md §9).
 
     Stage 1: the instruction is the fixed tag string. Stages 2-3: a natural-language
     instruction drawn from the split's phrasings (train: its speech part, see SPEECH_WORDS);
@@ -436,3 +436,65 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
             raise BadSample("unknown_task", f"no instruction for {''.join(tags)}") from e
         instruction = bank[int(rng.integers(len(bank)))]
     return {"tags": tags, "instruction": instruction, "target": target}
+
+
+# ----------------------------------------------------------------------------- reading a model's output
+
+# The inverse of make_target, used by the scorer (ifr_eval.py), so that what training writes and
+# what evaluation reads cannot drift. An output is: a leading run of intent tags (spaces between
+# them ignored), then the body; the body ends with a run of label tokens (upper case, one token
+# each, e.g. `<HAPPY>`); what is left is the text: a transcript, `word<start,end>` units for
+# `<align>` (seconds, as toy.py writes them: `hello<0.1,0.5> world<0.6,1.0>`), or a chat answer.
+TOKEN = re.compile(r"<[^<>]+>")  # any angle-bracket token, as parse_task reads them
+_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
+STAMP = re.compile(rf"<{_NUMBER},{_NUMBER}>")  # `<0.1,0.5>`: start, end in seconds
+STAMP_LIKE = re.compile(r"<[\d.,\s+\-]*\d[\d.,\s+\-]*>")  # numbers only: a stamp or a malformed one
+_UNIT = rf"([^<>\s]+){STAMP.pattern}"  # word<start,end>
+_UNITS = re.compile(rf"(?:\s*{_UNIT})+\s*")
+_LEADING_TAG = re.compile(r"\s*(" + "|".join(map(re.escape, TAGS)) + ")")
+_TRAILING_LABEL_RUN = re.compile(r"(?:\s*<[A-Z][A-Z0-9_]*>)+\s*$")
+
+
+def parse_output(output: str) -> dict:
+    """'<asr><emotion>i am fine<HAPPY>' -> {'tags': ('<asr>', '<emotion>'),
+    'body': 'i am fine<HAPPY>', 'labels': ('<HAPPY>',), 'text': 'i am fine'}.
+
+    `tags` are as written (order and repeats kept); `labels` are the body's trailing run of
+    label-shaped tokens (`<UPPER_CASE>`), known or not: judging them is the scorer's job."""
+    tags, pos = [], 0
+    while m := _LEADING_TAG.match(output, pos):
+        tags.append(m.group(1))
+        pos = m.end()
+    body = output[pos:].strip()
+    m = _TRAILING_LABEL_RUN.search(body)
+    labels = tuple(TOKEN.findall(m.group(0))) if m else ()
+    text = body[: m.start()].strip() if m else body
+    return {"tags": tuple(tags), "body": body, "labels": labels, "text": text}
+
+
+def read_labels(tags: tuple[str, ...], labels: tuple[str, ...]) -> dict[str, str] | None:
+    """Assign written labels to the label tasks among `tags` by set membership: {tag: label}, or
+    None unless each task gets exactly one label of its own set and every label is used.
+
+    `<OTHER>` is in several sets (caption, emotion, style): it stands for any one of them, so two
+    such tasks need `<OTHER><OTHER>`; a single `<OTHER>` covers only one."""
+    label_tags = [t for t in tags if t in LABELS]
+    if len(labels) != len(label_tags):
+        return None
+    for order in itertools.permutations(labels):  # at most 2 label tasks in docs/release.md §8: tiny
+        if all(label in LABELS[t] for t, label in zip(label_tags, order)):
+            return dict(zip(label_tags, order))
+    return None
+
+
+def split_stamps(text: str) -> list[tuple[str, float, float]] | None:
+    """'hello<0.1,0.5> world<0.6,1.0>' -> [('hello', 0.1, 0.5), ('world', 0.6, 1.0)]; None unless
+    the whole text is one or more `word<start,end>` units (Chinese units need no spaces)."""
+    if not _UNITS.fullmatch(text):
+        return None
+    return find_stamps(text)
+
+
+def find_stamps(text: str) -> list[tuple[str, float, float]]:
+    """Every `word<start,end>` unit in `text`, whatever lies between them (for scoring)."""
+    return [(w, float(s), float(e)) for w, s, e in re.findall(_UNIT, text)]

@@ -1,6 +1,6 @@
 """The toy world: a small synthetic speech corpus, written in the release's WeNet formats.
 
-A "language" of 20 tone-pattern words whose every task (SPEC §8) has an acoustic cue a tiny model
+A "language" of 20 tone-pattern words whose every task (docs/release.md §8) has an acoustic cue a tiny model
 learns on a laptop CPU in minutes, with held-out speakers and held-out instruction phrasings for
 dev and test. It only *writes* files (FLAC shards, raw lists + wav, a sentencepiece tokenizer, the
 stage-0 text corpus); `data.py` reads them like any other corpus. Students edit the cues here to
@@ -37,7 +37,7 @@ from whisper_enc import SAMPLE_RATE
 #   style   <- pause rhythm between words (short / long / short-long alternation / medium)
 #   event   <- a non-speech sound after the speech (noise bursts shaped per event)
 #   chat    <- spoken arithmetic "what is three plus four" -> "seven"
-# Label subsets (of SPEC §8's): events laugh/cough/sneeze/sigh, emotions neutral/happy/sad/angry,
+# Label subsets (of docs/release.md §8's): events laugh/cough/sneeze/sigh, emotions neutral/happy/sad/angry,
 # styles news-science/fairy-tale/poetry-prose/daily-conversation; gender and age complete.
 TOY_WORDS = (
     "zero",
@@ -70,7 +70,7 @@ TOY_LABELS = {
     "<gender>": ("<MALE>", "<FEMALE>"),
     "<age>": ("<CHILD>", "<ADULT>", "<OLD>"),
 }
-# The task names the toy lists carry (the data's upper-case names, SPEC §10).
+# The task names the toy lists carry (the data's upper-case names, docs/release.md §10).
 TOY_TASK_NAMES = {
     ("<asr>",): "<TRANSCRIBE>",
     ("<asr>", "<align>"): "<ALIGN>",

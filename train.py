@@ -1,4 +1,4 @@
-"""Train I-OSUM-Pangu in the three stages of the paper (arXiv 2603.10862, SPEC §9), plus a
+"""Train I-OSUM-Pangu in the three stages of the paper (arXiv 2603.10862, docs/release.md §9), plus a
 stage 0 that pretrains the toy Pangu, so the toy study starts from a base LLM as the real one
 starts from openPangu. Mirrors the release's WeNet recipe (wenet/utils/executor.py,
 train_utils.py): AdamW, "warmuplr", clip 5, accumulation 4, bf16 autocast, torchrun + DDP.
@@ -33,7 +33,7 @@ from tokenizer import PanguTokenizer
 from toy import corpus_loaders, ensure_toy_world, toy_paths
 from whisper_enc import load_whisper
 
-# The release's optimisation settings (SPEC §9), for every preset but the toy one. The frame
+# The release's optimisation settings (docs/release.md §9), for every preset but the toy one. The frame
 # budget per batch, step count and eval / save intervals are not published (our choice).
 RELEASE = dict(
     lr=5e-4,
@@ -379,7 +379,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--init",
         help="I-OSUM-Pangu checkpoint folder to start from (default: runs/<preset>/stage<N-1>/final)",
     )
-    p.add_argument("--whisper", help="Whisper encoder weights (any layout of SPEC §3), stage 1")
+    p.add_argument("--whisper", help="Whisper encoder weights (any layout of docs/release.md §3), stage 1")
     p.add_argument("--llm", help="Pangu folder or file (config.json + safetensors), stage 1")
     p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu")
     p.add_argument(
@@ -458,7 +458,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def is_trainable(stage: int, name: str) -> bool:
-    """SPEC §9: which parameters each stage trains, by module name."""
+    """docs/release.md §9: which parameters each stage trains, by module name."""
     if stage == 0:
         return True  # the toy Pangu, from scratch
     lora = ".lora_" in name
@@ -474,7 +474,7 @@ def pretrain_step(model, batch):
 
 
 def speech_step(model, batch):
-    """Stages 1-3: the model's own loss on the target tokens (SPEC §7)."""
+    """Stages 1-3: the model's own loss on the target tokens (docs/release.md §7)."""
     out = model(batch)
     return out["loss"], int(out["n_tokens"])
 

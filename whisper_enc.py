@@ -3,7 +3,7 @@
 Mirrors openai-whisper's `whisper/audio.py` (log-mel) and `AudioEncoder` in `whisper/model.py`,
 with what the release adds on top: true-length inputs (up to 40 s, so positions beyond 1500),
 padded batches in which every utterance gets exactly the features it has alone, and one loader
-for the three weight layouts of SPEC §3 (OpenAI `medium.pt`, Hugging Face, released WeNet).
+for the three weight layouts of docs/release.md §3 (OpenAI `medium.pt`, Hugging Face, released WeNet).
 """
 
 import json
@@ -17,9 +17,10 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from checkpoint import load_strict, read_checkpoint
 
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
@@ -157,12 +158,10 @@ def mel_filters(n_mels: int = 80) -> Tensor:
     return torch.from_numpy(tri.astype(np.float32))
 
 
-def log_mel_spectrogram(
-    audio: Tensor | np.ndarray, n_mels: int = 80, pad_to_frames: int | None = None
-) -> Tensor:
+def log_mel_spectrogram(audio: Tensor | np.ndarray, n_mels: int = 80, pad_to_frames: int | None = None) -> Tensor:
     """16 kHz mono audio (N,) -> Whisper log-mel (n_mels, N // HOP_LENGTH).
 
-    SPEC §2: periodic Hann STFT (400/160, centred, reflect), last frame dropped, |X|^2, mel,
+    docs/release.md §2: periodic Hann STFT (400/160, centred, reflect), last frame dropped, |X|^2, mel,
     log10 floored at 1e-10, then at (utterance max - 8), then (x + 4) / 4. No padding by default
     (the release feeds the true length); `pad_to_frames=3000` zero-pads the audio first, as
     openai-whisper's `pad_or_trim` does (longer audio raises instead of being cut).
@@ -212,12 +211,12 @@ class WhisperConfig:
 
 
 PRESETS = {
-    # Whisper-medium's encoder (SPEC §3): 305.7 M parameters as counted by num_params()
+    # Whisper-medium's encoder (docs/release.md §3): 305.7 M parameters as checkpoint.count_params counts them
     # (no position table: ours is a formula); 307.2 M with HF's 1500 x 1024 table.
     "medium": dict(n_mels=80, d_model=1024, n_layers=24, n_heads=16, d_mlp=4096),
-    # The toy study's encoder (team contract): 0.4 M parameters.
+    # The toy study's encoder: 0.4 M parameters.
     "toy": dict(n_mels=80, d_model=128, n_layers=2, n_heads=4, d_mlp=512),
-    # Unit tests; the dims of shared/reference's tiny WeNet encoder. 0.12 M parameters.
+    # Unit tests; the dims of tests/fixtures/reference's tiny WeNet encoder. 0.12 M parameters.
     "tiny": dict(n_mels=80, d_model=64, n_layers=2, n_heads=4, d_mlp=256),
 }
 
@@ -239,7 +238,8 @@ def sinusoids(length: int, channels: int, device=None) -> Tensor:
 
 
 class LayerNorm(nn.LayerNorm):
-    # Normalise in float32 whatever the weights' dtype (bf16 training), cast back.
+    """Normalised in float32 whatever the weights' dtype (bf16 training), cast back. The adapter's too."""
+
     def forward(self, x: Tensor) -> Tensor:
         w, b = self.weight.float(), self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
@@ -293,9 +293,6 @@ class WhisperEncoder(nn.Module):
         self.ln_post = LayerNorm(cfg.d_model, eps=LN_EPS)
         self.gradient_checkpointing = False
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, mel: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """mel (B, n_mels, T), lengths (B,) valid frames or None (all T) ->
         features (B, ceil(T/2), d_model), lengths' (B,) = ceil(lengths / 2).
@@ -303,7 +300,7 @@ class WhisperEncoder(nn.Module):
         Each utterance of a padded batch gets the features it has alone: the frames past its
         length are zeroed before each conv (the conv padding then sees the zeros it would see
         alone), padded keys are masked in attention, and the padded output frames are zero.
-        The release instead derives lengths' from the padded length's parity (SPEC §3).
+        The release instead derives lengths' from the padded length's parity (docs/release.md §3).
         """
         B, _, T = mel.shape
         T2 = (T + 1) // 2
@@ -324,7 +321,7 @@ class WhisperEncoder(nn.Module):
         x = x.transpose(1, 2)  # (B, T2, C)
         x = self.drop(x + sinusoids(T2, x.shape[-1], x.device).to(x.dtype))
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, mask)
@@ -336,7 +333,7 @@ class WhisperEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------- loading
 
-# One rename table per layout of SPEC §3, relative to the encoder's root (the prefix, e.g.
+# One rename table per layout of docs/release.md §3, relative to the encoder's root (the prefix, e.g.
 # `encoder.`, is found by `_find_layout`). Keys map module -> module (`.weight` / `.bias`
 # follow), `{}` is the layer index; `None` marks a full key dropped on purpose: all of them
 # are sinusoid position tables, checked against the formula before they are dropped.
@@ -419,20 +416,24 @@ def _find_layout(keys) -> tuple[str, str]:
     )
 
 
-def _check_positions(key: str, table: Tensor) -> None:
+def check_positions(key: str, table: Tensor, formula=sinusoids) -> None:
+    """Raise unless a stored position table, (N, d) or WeNet's (1, N, d), is formula(N, d).
+
+    The loaders drop such tables after this check: ours are computed (the adapter's formula is
+    its own, `adapter.sinusoids_interleaved`).
+    """
     if table.is_meta:
         return  # nothing to compare on the meta device
-    pe = table.reshape(-1, table.shape[-1]).float()  # WeNet stores (1, 30000, d)
-    want = sinusoids(pe.shape[0], pe.shape[1])
-    # Another layout (interleaved sin/cos) or a learned table is off by O(1); float32 argument
+    pe = table.reshape(-1, table.shape[-1]).float()  # (N, d)
+    # Another layout ([sin | cos] vs interleaved) or a learned table is off by O(1); float32 argument
     # rounding at t = 30000 (~4e-3) and bf16 storage (~4e-3) are not.
-    err = (pe - want).abs().max().item()
+    err = (pe - formula(*pe.shape)).abs().max().item()
     if err > 1e-2:
-        raise ValueError(f"{key}: position table differs from Whisper's sinusoids by {err:.3g}")
+        raise ValueError(f"{key}: position table differs from the {formula.__name__} formula by {err:.3g}")
 
 
 def whisper_state_dict(sd: dict) -> dict:
-    """State dict in any SPEC §3 layout (keys with their prefix) -> our module names.
+    """State dict in any docs/release.md §3 layout (keys with their prefix) -> our module names.
 
     Keys outside the encoder's root (`decoder.*`, `llama_model.*`, ...) are ignored on purpose:
     whole-model checkpoints hold the encoder beside other parts. Raises naming unknown keys.
@@ -453,7 +454,7 @@ def _convert(sd: dict) -> tuple[dict, dict]:
             if m is None:
                 continue
             if dst is None:
-                _check_positions(key, value)
+                check_positions(key, value)
             else:
                 module = dst.replace("{}", m.group(1)) if "{}" in dst else dst
                 new = f"{module}.{m.group(m.lastindex)}"  # + weight / bias
@@ -464,54 +465,6 @@ def _convert(sd: dict) -> tuple[dict, dict]:
     if unknown:
         raise ValueError(f"unknown keys for the {layout} Whisper layout: {sorted(unknown)}")
     return out, origin
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, int | None]:
-    """-> (tensors under the encoder root, n_heads when the file says it)."""
-    if path.is_dir():
-        index = path / "model.safetensors.index.json"
-        if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        else:
-            files = sorted(p.name for p in path.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no .safetensors files in this folder")
-        config = path / "config.json"
-        n_heads = None
-        if config.exists():  # HF config.json beside the weights
-            n_heads = json.loads(config.read_text()).get("encoder_attention_heads")
-        return _read_safetensors([path / name for name in files]), n_heads
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
-        return _read_safetensors([path]), None
-    try:  # mmap: tensors are paged in from the file, never held twice
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read as a torch checkpoint ({e})") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    n_heads = None
-    if "model_state_dict" in obj:  # OpenAI: {"dims": {...}, "model_state_dict": {...}}
-        n_heads = obj.get("dims", {}).get("n_audio_head")
-        obj = obj["model_state_dict"]
-    elif "module" in obj:  # a raw DeepSpeed mp_rank_00_model_states.pt
-        obj = obj["module"]
-    return obj, n_heads
-
-
-def _read_safetensors(files: list[Path]) -> dict:
-    # Find the encoder from all the names first, then read only its tensors.
-    keys = []
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            keys += f.keys()
-    _, root = _find_layout(keys)
-    sd = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            sd.update((k, f.get_tensor(k)) for k in f.keys() if k.startswith(root))
-    return sd
 
 
 def _config_from_shapes(sd: dict, n_heads: int | None) -> WhisperConfig:
@@ -529,43 +482,31 @@ def _config_from_shapes(sd: dict, n_heads: int | None) -> WhisperConfig:
 def load_whisper(
     path_or_state_dict, cfg: WhisperConfig | None = None, dtype: torch.dtype | None = None
 ) -> WhisperEncoder:
-    """Strictly load a Whisper encoder from a path or a state dict in any SPEC §3 layout.
+    """Strictly load a Whisper encoder from a path or a state dict in any docs/release.md §3 layout.
 
     Paths: an OpenAI `.pt`, a Hugging Face safetensors file or folder (sharded or not), or a
-    WeNet / released checkpoint (`.pt` or `.safetensors`). Only the encoder's keys are read;
+    WeNet / released checkpoint (`.pt` or `.safetensors`). Only the encoder's keys are kept;
     the rest (`decoder.`, `llama_model.`, the adapter) is ignored on purpose. `cfg` is inferred
     from the shapes when None (n_heads from OpenAI `dims` or HF `config.json`, else d / 64).
     Built on the meta device and filled with `assign=True`: the tensors are the checkpoint's
-    (memory-mapped for .pt), converted once to `dtype` (default: torch's default, float32).
+    (memory-mapped), converted once to `dtype` (default: torch's default, float32).
     """
-    source = "state dict"
-    n_heads = None
+    source, n_heads = "state dict", None
     if isinstance(path_or_state_dict, dict):
         sd = path_or_state_dict
     else:
-        source = str(path_or_state_dict)
-        sd, n_heads = _read_checkpoint(Path(path_or_state_dict))
+        path = Path(path_or_state_dict)
+        source = str(path)
+        sd, extra = read_checkpoint(path)
+        n_heads = extra.get("dims", {}).get("n_audio_head")  # OpenAI: {"dims", "model_state_dict"}
+        if path.is_dir() and (path / "config.json").exists():  # HF config.json beside the weights
+            n_heads = json.loads((path / "config.json").read_text()).get("encoder_attention_heads")
     sd, origin = _convert(sd)
     if cfg is None:
         if "conv1.weight" not in sd or "blocks.0.mlp.0.weight" not in sd:
             raise ValueError(f"{source}: cannot infer the config without conv1 / blocks.0.mlp.0")
         cfg = _config_from_shapes(sd, n_heads)
-    dtype = dtype or torch.get_default_dtype()
     with torch.device("meta"):
         model = WhisperEncoder(cfg)
-    want = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(want) - set(sd))
-    unexpected = [f"{k} (from {origin[k]})" for k in sorted(set(sd) - set(want))]
-    shaped = [
-        f"{k} (from {origin[k]}): checkpoint {tuple(v.shape)} vs model {tuple(want[k])}"
-        for k, v in sorted(sd.items())
-        if k in want and v.shape != want[k]
-    ]
-    if missing or unexpected or shaped:
-        raise ValueError(
-            f"{source} does not fit WhisperEncoder({cfg}): missing {missing}, "
-            f"unexpected {unexpected}, mis-shaped {shaped} (our module names)"
-        )
-    sd = {k: v.to(dtype) for k, v in sd.items()}  # no copy when already `dtype`
-    model.load_state_dict(sd, strict=True, assign=True)
+    load_strict(model, sd, f"{source} (as {cfg}, our module names)", dtype or torch.get_default_dtype(), origin)
     return model

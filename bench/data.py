@@ -16,17 +16,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import toy  # noqa: E402
+from checkpoint import count_params  # noqa: E402
+from pangu import IGNORE_ID, lm_loss  # noqa: E402
 
 
 def loader_rate(paths, num_workers: int, max_frames: int, n_batches: int) -> tuple[float, int]:
     loader = data.make_loader(
-        paths["train"], paths["tokenizer"], stage=1, num_workers=num_workers,
+        paths["train"],
+        paths["tokenizer"],
+        stage=1,
+        num_workers=num_workers,
         max_frames_in_batch=max_frames,
-    )  # fmt: skip
+    )
     t0, n = time.perf_counter(), 0
     for i, batch in enumerate(loader):
         n += len(batch["keys"])
@@ -55,12 +60,8 @@ class StandIn(torch.nn.Module):
         x = torch.cat([self.llm.embed(ins), speech, self.llm.embed(tgt)], 1)  # (B, L, D)
         L = x.shape[1]
         logits = self.llm(inputs_embeds=x, position_ids=torch.arange(L)[None].expand(len(x), L))
-        labels = torch.cat(
-            [torch.full(x.shape[:2], -100)[:, : L - tgt.shape[1]], batch["target"]], 1
-        )
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
-        )
+        labels = torch.cat([torch.full(x.shape[:2], IGNORE_ID)[:, : L - tgt.shape[1]], batch["target"]], 1)
+        loss = lm_loss(logits[:, :-1], labels[:, 1:])
         return {"loss": loss}
 
 
@@ -76,8 +77,8 @@ def toy_model(tokenizer_file):
         model, name = StandIn(tokenizer_file), "stand-in of the toy sizes"
     for p in model.llm.parameters():  # stage 1: the LLM is frozen
         p.requires_grad_(False)
-    n = sum(p.numel() for p in model.parameters()) / 1e6
-    t = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    n = count_params(model) / 1e6
+    t = count_params(model, trainable_only=True) / 1e6
     print(f"trainer: {name}, {n:.2f} M parameters, {t:.2f} M trainable (stage 1)")
     return model
 
@@ -111,9 +112,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = data.ensure_toy_world(args.root)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batches of <= "
-          f"{args.max_frames} padded frames")  # fmt: skip
+    paths = toy.ensure_toy_world(args.root)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batches of <= {args.max_frames} padded frames"
+    )
 
     rates = {}
     for w in (0, 2):

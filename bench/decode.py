@@ -33,13 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pangu  # noqa: E402
+from checkpoint import count_params  # noqa: E402
 from cpu_decode import pack_for_cpu  # noqa: E402
 from pangu import Pangu, PanguConfig, generate  # noqa: E402
 
 SHAPES = {
     # ~100 M parameters: 12 layers of width 768, GQA 12/4 heads, biases, 16 k vocab
     "100m": dict(vocab_size=16000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, intermediate_size=2048),
-    "7b": {},  # the pangu-7b preset (SPEC §5)
+    "7b": {},  # the pangu-7b preset (docs/release.md §5)
 }
 
 
@@ -149,7 +150,7 @@ def main():
         for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.05)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     # a decode step reads every weight but the embedding table (one row per token)
     step_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step_bytes -= model.model.embed_tokens.weight.numel() * dtype.itemsize

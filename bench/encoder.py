@@ -22,6 +22,7 @@ import whisper
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkpoint import count_params  # noqa: E402
 from whisper_enc import SAMPLE_RATE, load_whisper, log_mel_spectrogram  # noqa: E402
 
 
@@ -53,15 +54,17 @@ def main():
 
     # One set of random weights, built by Hugging Face, handed to the other two.
     config = transformers.WhisperConfig(
-        num_mel_bins=80, d_model=d, encoder_layers=args.layers, encoder_attention_heads=heads,
-        encoder_ffn_dim=mlp, max_source_positions=1500,
-    )  # fmt: skip
+        num_mel_bins=80,
+        d_model=d,
+        encoder_layers=args.layers,
+        encoder_attention_heads=heads,
+        encoder_ffn_dim=mlp,
+        max_source_positions=1500,
+    )
     hf = HFWhisperEncoder._from_config(config, attn_implementation="sdpa").eval()
     ours = load_whisper({"model.encoder." + k: v for k, v in hf.state_dict().items()}).eval()
     openai = whisper.model.AudioEncoder(80, 1500, d, heads, args.layers).eval()
-    openai.load_state_dict(
-        {**ours.state_dict(), "positional_embedding": openai.positional_embedding}, strict=True
-    )
+    openai.load_state_dict({**ours.state_dict(), "positional_embedding": openai.positional_embedding}, strict=True)
 
     audio = 0.1 * torch.randn(30 * SAMPLE_RATE)  # 30 s
     mel = log_mel_spectrogram(audio)[None]  # (1, 80, 3000)
@@ -85,7 +88,7 @@ def main():
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, load average "
         f"{os.getloadavg()[0]:.1f}; encoder d {d} / {heads} heads / MLP {mlp} / {args.layers} "
-        f"layers ({ours.num_params() / 1e6:.1f} M); one 30 s utterance (3000 frames); "
+        f"layers ({count_params(ours) / 1e6:.1f} M); one 30 s utterance (3000 frames); "
         f"best of {args.rounds} interleaved rounds (per utterance)"
     )
     print(f"max |ours - openai| {diff_openai:.2e}   max |HF - openai| {diff_hf:.2e}")

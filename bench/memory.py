@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pangu  # noqa: E402
 import whisper_enc  # noqa: E402
+from checkpoint import count_params  # noqa: E402
 from model import IOSUMConfig, IOSUMPangu  # noqa: E402
 from whisper_enc import SAMPLE_RATE, log_mel_spectrogram  # noqa: E402
 
@@ -125,8 +126,11 @@ def prepare(tmp: Path, layers: int) -> dict:
 
 def released_shapes(model: IOSUMPangu) -> dict:
     """Our key names -> the release's (the inverse of model.released_state_dict)."""
-    enc = [(re.compile(ours.replace(".", r"\.").replace("{}", r"(\d+)") + r"\.(\w+)"), rel)
-           for rel, ours in whisper_enc._WENET.items() if ours]  # fmt: skip
+    enc = [
+        (re.compile(ours.replace(".", r"\.").replace("{}", r"(\d+)") + r"\.(\w+)"), rel)
+        for rel, ours in whisper_enc._WENET.items()
+        if ours
+    ]
     out = {}
     for key, v in model.state_dict().items():
         part, rest = key.split(".", 1)
@@ -141,9 +145,7 @@ def released_shapes(model: IOSUMPangu) -> dict:
         elif part == "adapter":
             name = rest
         elif part == "llm":
-            rest = rest.replace(".lora_A.", ".lora_A.default.").replace(
-                ".lora_B.", ".lora_B.default."
-            )
+            rest = rest.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
             name = "llama_model.base_model.model." + rest
         else:
             name = key
@@ -151,9 +153,12 @@ def released_shapes(model: IOSUMPangu) -> dict:
     d, d_enc = model.cfg.llm.dim, model.cfg.whisper.d_model
     out["embed_tokens.weight"] = out["llama_model.base_model.model.model.embed_tokens.weight"]
     out["lm_head.weight"] = out["llama_model.base_model.model.lm_head.weight"]
-    out |= {"ln_speech.weight": (d_enc,), "ln_speech.bias": (d_enc,),
-            "speech_head.weight": (model.cfg.speech_token_num, d),
-            "speech_head.bias": (model.cfg.speech_token_num,)}  # fmt: skip
+    out |= {
+        "ln_speech.weight": (d_enc,),
+        "ln_speech.bias": (d_enc,),
+        "speech_head.weight": (model.cfg.speech_token_num, d),
+        "speech_head.bias": (model.cfg.speech_token_num,),
+    }
     return out
 
 
@@ -179,8 +184,14 @@ def child(kind: str, path: str) -> None:
             storages[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
             for part in v.reshape(-1).split(1 << 22):  # 4 M values at a time
                 checksum += float(part.float().sum())
-    r = dict(kind=kind, seconds=seconds, tensor_bytes=sum(storages.values()), base_kb=base_kb,
-             load_kb=load_kb, peak_kb=status_kb("VmHWM"))  # fmt: skip
+    r = dict(
+        kind=kind,
+        seconds=seconds,
+        tensor_bytes=sum(storages.values()),
+        base_kb=base_kb,
+        load_kb=load_kb,
+        peak_kb=status_kb("VmHWM"),
+    )
     print(json.dumps(r))
 
 
@@ -193,14 +204,18 @@ def run_child(kind: str, path: Path) -> dict:
 def bench_load(layers: int) -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         paths = prepare(Path(tmp), layers)
-        print(f"{'loader':<50} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
-              f"{'(peak-base)/bytes':>17} {'load s':>6}")  # fmt: skip
+        print(
+            f"{'loader':<50} {'tensors GB':>10} {'peak GB':>8} {'peak/bytes':>10} "
+            f"{'(peak-base)/bytes':>17} {'load s':>6}"
+        )
         for kind in ("ours", "released", "load_pangu"):
             path = paths["hf" if kind == "load_pangu" else kind]
             r = run_child(kind, path)
             b, peak, base = r["tensor_bytes"], r["peak_kb"] * 1024, r["base_kb"] * 1024
-            print(f"{LOADERS[kind]:<50} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
-                  f"{(peak - base) / b:>17.3f} {r['seconds']:>6.1f}")  # fmt: skip
+            print(
+                f"{LOADERS[kind]:<50} {b / 1e9:>10.2f} {peak / 1e9:>8.2f} {peak / b:>10.3f} "
+                f"{(peak - base) / b:>17.3f} {r['seconds']:>6.1f}"
+            )
         print("peak: VmHWM after loading and reading every tensor once; base: VmRSS after imports")
 
 
@@ -231,10 +246,8 @@ def random_model(cfg: IOSUMConfig) -> IOSUMPangu:
 @torch.no_grad()
 def bench_latency(name: str, cfg: IOSUMConfig, new_tokens: int = 32) -> None:
     model = random_model(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.set_prompt_ids(
-        p1_generate=list(range(1, 90)), p2=[1, 64, 13, 17, 230, 13]
-    )  # ~ real lengths
+    n_params = count_params(model)
+    model.set_prompt_ids(p1_generate=list(range(1, 90)), p2=[1, 64, 13, 17, 230, 13])  # ~ real lengths
     instruction = torch.arange(100, 112)[None]  # a 12-token instruction
     audio = torch.randn(10 * SAMPLE_RATE) * 0.1  # 10 s
 
@@ -250,29 +263,31 @@ def bench_latency(name: str, cfg: IOSUMConfig, new_tokens: int = 32) -> None:
     mel, t_front = timed(lambda: log_mel_spectrogram(audio)[None])  # (1, 80, 1000)
     (feats, lengths), t_enc = timed(lambda: model.encoder(mel))
     _, t_ad = timed(lambda: model.adapter(feats, lengths))
-    batch = dict(
-        kind="speech", mel=mel, mel_lengths=torch.tensor([mel.shape[-1]]), instruction=instruction
-    )
+    batch = dict(kind="speech", mel=mel, mel_lengths=torch.tensor([mel.shape[-1]]), instruction=instruction)
     x = model.build_inputs(batch, layout="release", with_target=False)
     L = x["inputs_embeds"].shape[1]
 
     def gen(n):
-        return pangu.generate(model.llm, x["inputs_embeds"], x["attention_mask"], max_new_tokens=n,
-                              eos_id=-1, repetition_penalty=1.05)  # fmt: skip
+        return pangu.generate(
+            model.llm, x["inputs_embeds"], x["attention_mask"], max_new_tokens=n, eos_id=-1, repetition_penalty=1.05
+        )
 
     _, t_prefill = timed(lambda: gen(1))  # prefill + one sampled token
     ids, t_all = timed(lambda: gen(new_tokens), repeat=1)  # (after its own warm-up run)
     assert len(ids[0]) == new_tokens
     t_decode = (t_all - t_prefill) / (new_tokens - 1)
     total = t_front + t_enc + t_ad + t_prefill + t_decode * (new_tokens - 1)
-    print(f"{name}: {n_params / 1e6:.0f} M params, float32, prompt {L} positions, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"  front end {t_front * 1e3:8.1f} ms | encoder {t_enc * 1e3:8.1f} ms | adapter "
-          f"{t_ad * 1e3:7.1f} ms | prefill {t_prefill * 1e3:8.1f} ms | decode "
-          f"{t_decode * 1e3:7.1f} ms/token ({1 / t_decode:.1f} tokens/s)")  # fmt: skip
+    print(f"{name}: {n_params / 1e6:.0f} M params, float32, prompt {L} positions, {torch.get_num_threads()} threads")
+    print(
+        f"  front end {t_front * 1e3:8.1f} ms | encoder {t_enc * 1e3:8.1f} ms | adapter "
+        f"{t_ad * 1e3:7.1f} ms | prefill {t_prefill * 1e3:8.1f} ms | decode "
+        f"{t_decode * 1e3:7.1f} ms/token ({1 / t_decode:.1f} tokens/s)"
+    )
     peak = status_kb("VmHWM") / 1e6
-    print(f"  end to end with {new_tokens} new tokens: {total:.2f} s "
-          f"(real-time factor {total / 10:.2f}); peak RSS so far {peak:.2f} GB")  # fmt: skip
+    print(
+        f"  end to end with {new_tokens} new tokens: {total:.2f} s "
+        f"(real-time factor {total / 10:.2f}); peak RSS so far {peak:.2f} GB"
+    )
 
 
 def main() -> None:
@@ -294,9 +309,7 @@ def main() -> None:
     if not args.skip_latency:
         bench_latency("toy", IOSUMConfig.from_name("toy"))
         mid = IOSUMConfig.from_name("iosum-pangu-7b", llm=dict(n_layers=args.mid_layers))
-        bench_latency(
-            f"mid (Whisper-medium + release adapter + 7B-wide Pangu, {args.mid_layers} layers)", mid
-        )
+        bench_latency(f"mid (Whisper-medium + release adapter + 7B-wide Pangu, {args.mid_layers} layers)", mid)
 
 
 if __name__ == "__main__":

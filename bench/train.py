@@ -119,8 +119,7 @@ def one_config(args) -> dict:
             for ckpt in (False, True):
                 times[ckpt].append(step(ckpt))
         med = {k: statistics.median(v) for k, v in times.items()}
-        return dict(off_s=med[False], on_s=med[True], tok_s_off=tokens / med[False],
-                    tok_s_on=tokens / med[True])  # fmt: skip
+        return dict(off_s=med[False], on_s=med[True], tok_s_off=tokens / med[False], tok_s_on=tokens / med[True])
     if kind == "cpu":
         reset_peak()
         base = proc_kib("VmRSS")
@@ -172,8 +171,20 @@ def toy_stage_tokens(steps: int) -> None:
     starting from the previous one; the toy world is made in toy_data/ if missing."""
     with tempfile.TemporaryDirectory() as tmp:
         for stage in range(4):
-            res = train.main(["--stage", str(stage), "--out", f"{tmp}/stage{stage}", "--steps",
-                              str(steps), "--eval-every", "0", "--device", "cpu"])  # fmt: skip
+            res = train.main(
+                [
+                    "--stage",
+                    str(stage),
+                    "--out",
+                    f"{tmp}/stage{stage}",
+                    "--steps",
+                    str(steps),
+                    "--eval-every",
+                    "0",
+                    "--device",
+                    "cpu",
+                ]
+            )
             h = res["history"][1:]  # the first step warms up
             tok_s = sum(r["tokens"] for r in h) / sum(r["step_time"] for r in h)
             step = statistics.median(r["step_time"] for r in h)

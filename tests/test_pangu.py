@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cpu_decode import pack_for_cpu
-
 from pangu import (
     LORA_TARGETS,
     Pangu,
@@ -30,10 +29,23 @@ V = 256  # small random model with GQA (4 heads, 2 kv heads) and biases on q/k/v
 
 
 def hf_config(**kw):
-    c = dict(vocab_size=V, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=False,
-             rope_theta=1.6e7, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    c = dict(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=False,
+        rope_theta=1.6e7,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return LlamaConfig(**{**c, **kw})
 
 
@@ -48,10 +60,7 @@ def hf_dir(tmp_path_factory):
                 p.add_(0.1 * torch.randn_like(p))
     d = tmp_path_factory.mktemp("hf")
     hf.save_pretrained(d, max_shard_size="60KB", safe_serialization=True)
-    assert (
-        len(list(d.glob("model-*.safetensors"))) > 3
-        and (d / "model.safetensors.index.json").exists()
-    )
+    assert len(list(d.glob("model-*.safetensors"))) > 3 and (d / "model.safetensors.index.json").exists()
     return d
 
 
@@ -96,6 +105,9 @@ def test_config_from_json(hf_dir):
 @torch.no_grad()
 def test_logits_match_hf(hf, ours):
     ids, _ = padded_batch([10, 10], 10, seed=0)
+    # Measured 0.0: the same kernels as HF's Llama (sdpa) on the same shapes, deterministic on
+    # any CPU. Slack if one side reorders an op: ~sqrt(K) * eps * |x| per op (K <= 160, |x| <= 4:
+    # 6e-6), a dozen such ops < 1e-4. Same for the masked batch below.
     torch.testing.assert_close(ours(input_ids=ids), hf(input_ids=ids).logits, atol=1e-4, rtol=0)
     # pads inside and at the start; HF gets the same 2D mask and position ids
     ids, mask = padded_batch([12, 7, 9], 12, seed=1)
@@ -104,10 +116,10 @@ def test_logits_match_hf(hf, ours):
     got = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     real = mask.bool()
     assert not torch.equal(mask, torch.ones_like(mask))
-    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)  # as above
     # inputs_embeds gives the same as input_ids
     got_e = ours(inputs_embeds=ours.embed(ids), attention_mask=mask, position_ids=pos)
-    torch.testing.assert_close(got_e, got, atol=0, rtol=0)
+    torch.testing.assert_close(got_e, got, atol=0, rtol=0)  # the same lookup, then the same ops: exact
 
 
 @torch.no_grad()
@@ -140,9 +152,7 @@ def test_batch_equals_alone(ours):
     batch = generate(ours, embeds, mask, max_new_tokens=10, eos_id=-1, repetition_penalty=1.05)
     for b in range(len(lengths)):
         real = embeds[b : b + 1, mask[b].bool()]  # the prompt alone, without any pad
-        alone = generate(
-            ours, real, torch.ones(1, lengths[b]), 10, eos_id=-1, repetition_penalty=1.05
-        )
+        alone = generate(ours, real, torch.ones(1, lengths[b]), 10, eos_id=-1, repetition_penalty=1.05)
         assert batch[b] == alone[0], b
 
 
@@ -165,8 +175,9 @@ def test_generate_matches_hf_generate(hf, ours):
 def test_sampling_options(ours):
     ids, mask = padded_batch([6, 6], 6, seed=5)
     embeds = ours.embed(ids)
-    run = lambda seed, **kw: generate(ours, embeds, mask, 8, eos_id=-1,
-                                      generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
+    run = lambda seed, **kw: generate(
+        ours, embeds, mask, 8, eos_id=-1, generator=torch.Generator().manual_seed(seed), **kw
+    )
     assert run(0, temperature=1.0) == run(0, temperature=1.0)  # seeded
     # top_k 1 and a tiny top_p leave only the best token: greedy
     greedy = generate(ours, embeds, mask, 8, eos_id=-1)
@@ -202,6 +213,7 @@ def test_lora_matches_peft(peft_pair):
     want = pm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     got = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     real = mask.bool()
+    # measured 0.0: base(x) + scale * B(A(x)) in peft's order, the same kernels; slack as for HF
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
     base = pm.get_base_model()
     with pm.disable_adapter():
@@ -210,9 +222,12 @@ def test_lora_matches_peft(peft_pair):
     merge_lora(ours)
     merged = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     unmerge_lora(ours)
+    # Merged (W + s B A) and unmerged are equal in exact arithmetic; float32 rounds them apart by
+    # ~sqrt(K) * eps relative per projection (K <= 160: 1.5e-6), i.e. noise of ~1e-6 on logits
+    # <= 3 (measured max 2.6e-6 over 15 x 256 values). Another CPU changes which roundings happen, not
+    # their size; 1e-5 is ~4x the max. Unmerging subtracts the rounded s B A again: same bound.
     torch.testing.assert_close(merged[real], got[real], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask, position_ids=pos), got,
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask, position_ids=pos), got, atol=1e-5, rtol=0)
 
 
 def test_lora_training_step_changes_only_lora(hf_dir):
@@ -242,11 +257,11 @@ def test_gradient_checkpointing_same_grads(ours):
         model.zero_grad()
         model.train()
         model.gradient_checkpointing = gc
-        model(
-            input_ids=ids, attention_mask=mask, position_ids=positions(mask)
-        ).square().mean().backward()
+        model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
+        # Recomputation runs the same kernels on the same shapes (measured bit-equal); only the
+        # order autograd accumulates a gradient's contributions may differ: a few eps, << 1e-5.
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -267,6 +282,8 @@ def test_packed_equals_unpacked(ours):
     pos = positions(mask)
     want = ours(input_ids=ids, attention_mask=mask, position_ids=pos)
     got = packed(input_ids=ids, attention_mask=mask, position_ids=pos)
+    # oneDNN's packed GEMM vs torch's linear: other libraries may sum K <= 160 terms in another
+    # order, ~sqrt(K) * eps * |x| (|x| <= 4: 6e-6 worst op, ~1e-6 typical); measured 0.0 here
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     embeds = ours.embed(ids)
     kw = dict(max_new_tokens=12, eos_id=-1, repetition_penalty=1.05)
@@ -279,8 +296,7 @@ def test_packed_equals_unpacked(ours):
 @needs_onednn
 @torch.no_grad()
 def test_packed_lora_needs_merge(ours, peft_pair):
-    late = apply_lora(copy.deepcopy(ours.model.layers[0]), r=2, alpha=4,
-                      targets=["up_proj"])  # fmt: skip
+    late = apply_lora(copy.deepcopy(ours.model.layers[0]), r=2, alpha=4, targets=["up_proj"])
     with pytest.raises(ValueError, match="mlp.up_proj has unmerged LoRA.*merge_lora"):
         pack_for_cpu(late)  # found after q, k, v, o, gate: those must stay unpacked too
     assert not any(type(m).__name__ == "PackedLinear" for m in late.modules())
@@ -291,8 +307,8 @@ def test_packed_lora_needs_merge(ours, peft_pair):
     merge_lora(lora)
     keys = lora.state_dict().keys()
     pack_for_cpu(lora)
-    torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want,
-                               atol=1e-5, rtol=0)  # fmt: skip
+    # merged + packed vs unmerged: the merge rounding of test_lora_matches_peft (measured 2.9e-6)
+    torch.testing.assert_close(lora(input_ids=ids, attention_mask=mask, position_ids=pos), want, atol=1e-5, rtol=0)
     assert lora.state_dict().keys() == keys
 
 
@@ -311,6 +327,9 @@ def test_pack_bf16_packs_or_changes_nothing(ours):
         assert "cannot pack torch.bfloat16 weights on this CPU" in str(e)
         assert not any(type(m).__name__ == "PackedLinear" for m in model.modules())
     got = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+    # bf16: each linear's output is rounded to 2^-8 relative, and another GEMM order can flip that
+    # rounding: ~1 bf16 ulp (0.4 %) per linear, ~15 linears, random signs: ~1.5 % of |x| <= 3.4.
+    # atol 0.05 + 2 % covers it (measured 0.0 here); a wrong packing is off by O(1).
     torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
 
 
@@ -318,7 +337,7 @@ def test_pack_bf16_packs_or_changes_nothing(ours):
 
 
 def spec_keys(n_layers):
-    """The openPangu-Embedded-7B-V1.1 keys as SPEC §5 lists them."""
+    """The openPangu-Embedded-7B-V1.1 keys as docs/release.md §5 lists them."""
     keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(n_layers):
         p = f"model.layers.{i}."
@@ -332,10 +351,20 @@ def test_pangu_7b_preset_shapes_and_counts():
     cfg = PanguConfig.from_name("pangu-7b")
     with torch.device("meta"):
         model = Pangu(cfg)
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=153376, hidden_size=4096, num_hidden_layers=34, num_attention_heads=32,
-            num_key_value_heads=8, intermediate_size=12800, attention_bias=True, mlp_bias=False,
-            rope_theta=1.6e7, tie_word_embeddings=False))  # fmt: skip
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=153376,
+                hidden_size=4096,
+                num_hidden_layers=34,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                intermediate_size=12800,
+                attention_bias=True,
+                mlp_bias=False,
+                rope_theta=1.6e7,
+                tie_word_embeddings=False,
+            )
+        )
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in hf.state_dict().items() if "rotary_emb" not in k}
     assert set(ours) == spec_keys(34) == set(want)
@@ -414,20 +443,26 @@ def reference(reference_dir):
 @torch.no_grad()
 def test_reference_forward_logits(reference):
     model, fx = reference
-    got = model(inputs_embeds=fx["forward_inputs_embeds"][None],
-                attention_mask=fx["forward_attention_mask"][None],
-                position_ids=fx["forward_position_ids"][None])[0]  # fmt: skip
+    got = model(
+        inputs_embeds=fx["forward_inputs_embeds"][None],
+        attention_mask=fx["forward_attention_mask"][None],
+        position_ids=fx["forward_position_ids"][None],
+    )[0]
+    # The original (HF + peft) on another CPU: other sum orders, K <= 160. The original is within
+    # 2.3e-7 of float64 and its eager and sdpa runs 1.8e-7 apart (report.json); we measure 2.1e-7
+    # (logits <= 0.6). Any float32 order stays within ~1e-6; 1e-4 is ~100x that. Same below.
     torch.testing.assert_close(got, fx["forward_logits"], atol=1e-4, rtol=0)
     # the batch of 2 with pads inside row 1 (its pad positions are never used)
     mask = fx["batch2_forward_attention_mask"]
-    got = model(inputs_embeds=fx["batch2_forward_inputs_embeds"], attention_mask=mask,
-                position_ids=fx["batch2_forward_position_ids"])  # fmt: skip
+    got = model(
+        inputs_embeds=fx["batch2_forward_inputs_embeds"],
+        attention_mask=mask,
+        position_ids=fx["batch2_forward_position_ids"],
+    )
     assert not mask[1].all()
     real = mask[1].bool()
-    torch.testing.assert_close(
-        got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0
-    )
-    torch.testing.assert_close(got[0], fx["forward_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1][real], fx["batch2_forward_logits_row1"][real], atol=1e-4, rtol=0)  # as above
+    torch.testing.assert_close(got[0], fx["forward_logits"], atol=1e-4, rtol=0)  # as above
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import pytest
 
 import tasks
 
-TARGETS = [  # (task, txt, fields) -> target, written from SPEC §8
+TARGETS = [  # (task, txt, fields) -> target, written from docs/release.md §8
     ("<TRANSCRIBE>", " Hello   World ", {}, "<asr>hello world"),
     (None, "HI", {}, "<asr>hi"),  # no task: WeNet's default <TRANSCRIBE>
     ("<TRANSCRIBE> <AGE>", "Hello everyone<YOUTH>", {}, "<asr><age>hello everyone<ADULT>"),

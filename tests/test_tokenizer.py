@@ -114,7 +114,7 @@ def toy_tok(tmp_path_factory):
 def test_toy_special_ids(toy_tok):
     sp = toy_tok.sp
     assert (toy_tok.unk_id, toy_tok.bos_id) == (0, 1)
-    assert toy_tok.eos_id == sp.piece_to_id("[unused10]") == 15  # contract: ids 3..38
+    assert toy_tok.eos_id == sp.piece_to_id("[unused10]") == 15  # the toy pieces take ids 3..38
     assert toy_tok.pad_id == toy_tok.vocab_size == sp.get_piece_size()
     assert set(toy_tok.added) == {"<unk>", "<s>", "</s>", "[PAD]", *TOY_SPECIAL}
 

@@ -2,6 +2,7 @@
 layout, its labels are balanced and every task's cue is learnable on held-out speakers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_toy_speakers_and_utterances_disjoint_across_splits(toy):
                 assert s["extra"]["instruction"] in tasks.instruction_bank(tasks.parse_task(s["task"]))[split]
 
 
-def test_toy_tokenizer_has_the_contract_layout(toy):
+def test_toy_tokenizer_has_the_pangu_layout(toy):
     spm = pytest.importorskip("sentencepiece")
     sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
     assert sp.get_piece_size() == 1024
@@ -192,3 +193,8 @@ def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
     centroids = np.stack([Xw[[w == v for w in yw]].mean(0) for v in words])
     pred = [words[k] for k in ((Xt[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
     assert np.mean([p == w for p, w in zip(pred, yt)]) >= 0.85  # 20 words: chance 0.05
+
+
+def test_toy_paths_from_a_cli_string():
+    # train.py passes --toy-dir as given on the command line
+    assert toy_world.toy_paths("toy_data")["tokenizer"] == toy_world.toy_paths(Path("toy_data"))["tokenizer"]

@@ -1,5 +1,5 @@
 """whisper_enc.py against openai-whisper, Hugging Face transformers, librosa/soxr and the
-reference fixtures of the original I-OSUM-Pangu code (shared/reference), all on CPU."""
+reference fixtures of the original I-OSUM-Pangu code (tests/fixtures/reference), all on CPU."""
 
 import dataclasses
 import math
@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
+from checkpoint import count_params
 from whisper_enc import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -97,15 +98,20 @@ def test_log_mel_matches_whisper(samples_dir, reference_dir):
         ours = log_mel_spectrogram(audio)
         ref = whisper_mel(audio)
         assert ours.shape == ref.shape == (80, audio.shape[0] // HOP_LENGTH), name
+        # Bit-equal on any CPU (measured 0.0): the same torch ops in the same order as whisper
+        # (stft, |X|^2, filters @ power, log10, max - 8) on a bit-equal filterbank. Were a band's
+        # sum (<= 201 non-negative terms) ever ordered differently, it would move by <= 201 eps
+        # = 2.4e-5 relative, the output (log10 / 4) by <= 2.6e-6: 1e-4 is slack.
         assert_close(ours, ref, atol=1e-4, rtol=0, msg=name)
     # padded like openai-whisper's pad_or_trim + log_mel (30 s, 3000 frames)
     audio = signals["random.wav 24k->16k"]
     ours = log_mel_spectrogram(audio, pad_to_frames=3000)
     ref = whisper_mel(whisper.audio.pad_or_trim(audio))
     assert ours.shape == (80, 3000)
-    assert_close(ours, ref, atol=1e-4, rtol=0)
-    assert_close(log_mel_spectrogram(audio, n_mels=128), whisper_mel(audio, 128), atol=1e-4, rtol=0)
-    assert_close(log_mel_spectrogram(audio.numpy()), log_mel_spectrogram(audio))  # ndarray in
+    assert_close(ours, ref, atol=1e-4, rtol=0)  # as above: the same ops, bit-equal
+    assert_close(log_mel_spectrogram(audio, n_mels=128), whisper_mel(audio, 128), atol=1e-4, rtol=0)  # same
+    # ndarray in: the same function on the same float32 values, bit-equal (default tolerance)
+    assert_close(log_mel_spectrogram(audio.numpy()), log_mel_spectrogram(audio))
     assert log_mel_spectrogram(torch.zeros(201)).shape == (80, 1)
     for bad in (torch.zeros(200), torch.zeros(2, 16000)):
         with pytest.raises(ValueError, match="need at least 201|wants mono audio"):
@@ -118,7 +124,8 @@ def test_log_mel_matches_hf_feature_extractor(samples_dir):
     ref = fe(audio.numpy(), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
     ours = log_mel_spectrogram(audio, pad_to_frames=3000)
     # Measured: max |diff| 1.2e-7 (HF builds its filterbank with its own code; its torch STFT
-    # path is the same as ours). Tolerance 1e-5 leaves room for other BLAS / FFT builds.
+    # path is the same as ours). Its own filterbank and matmul layout may sum a band's <= 201
+    # non-negative terms in another order: <= 201 eps = 2.4e-5 relative, 2.6e-6 after log10 / 4.
     assert_close(ours, torch.from_numpy(ref), atol=1e-5, rtol=0)
 
 
@@ -127,9 +134,13 @@ def test_front_end_matches_reference_fixture(reference_dir):
     audio = load_audio(reference_dir / "input.wav")
     assert torch.equal(audio, fx["wav"])  # int16 / 32768, as the original reads it
     mel = log_mel_spectrogram(audio)  # (80, 320)
-    assert_close(mel.T, fx["mel"], atol=1e-4, rtol=0)  # measured 0.0
+    # The original's STFT ran on another CPU: FFT rounding differs by ISA, and weak bands (kept
+    # down to 8 decades below the max) amplify it. Each float32 run is within 1.2e-5 of a float64
+    # one (ours on AVX-512; the original 4.5e-6, report.json), so two differ by <= ~2e-5.
+    # Measured 0.0 on an AVX2 EPYC, 8.6e-6 on an AVX-512 Xeon.
+    assert_close(mel.T, fx["mel"], atol=1e-4, rtol=0)
     short = log_mel_spectrogram(audio[:40160])  # its own max - 8 floor
-    assert_close(short.T, fx["batch2_mel_short"], atol=1e-4, rtol=0)
+    assert_close(short.T, fx["batch2_mel_short"], atol=1e-4, rtol=0)  # as above
 
 
 # ----------------------------------------------------------------------------- resampler
@@ -137,9 +148,16 @@ def test_front_end_matches_reference_fixture(reference_dir):
 
 @pytest.mark.parametrize(
     "orig_sr, freq",
-    [(24000, 440.0), (24000, 3000.0), (24000, 7000.0), (48000, 5000.0), (44100, 6500.0),
-     (22050, 1000.0), (8000, 3000.0)],
-)  # fmt: skip
+    [
+        (24000, 440.0),
+        (24000, 3000.0),
+        (24000, 7000.0),
+        (48000, 5000.0),
+        (44100, 6500.0),
+        (22050, 1000.0),
+        (8000, 3000.0),
+    ],
+)
 def test_resample_sine_matches_analytic(orig_sr, freq):
     # A sine sampled at orig_sr, resampled to 16 kHz, is the same sine sampled at 16 kHz.
     n = 2 * orig_sr
@@ -172,6 +190,8 @@ def test_resample_matches_soxr_on_real_recording(samples_dir):
     assert ours.shape == ref.shape
     inner = slice(800, -800)
     # Measured: samples 9.6e-3 max abs (peak 0.83); mel bins 0-76 4.1e-5, bins 77-79 0.10.
+    # These bounds measure the two filter designs, not rounding: the designs are fixed, float32
+    # noise adds < 1e-5, so they hold on any CPU.
     assert_close(ours[inner], ref[inner], atol=0.015, rtol=0)
     mel_ours, mel_ref = log_mel_spectrogram(ours)[:, 5:-5], log_mel_spectrogram(ref)[:, 5:-5]
     assert_close(mel_ours[:77], mel_ref[:77], atol=2e-4, rtol=0)
@@ -195,7 +215,7 @@ def test_load_audio_resamples_and_downmixes(samples_dir, tmp_path):
         sr,
         SAMPLE_RATE,
     )
-    assert_close(flac, want, atol=1e-6, rtol=0)
+    assert_close(flac, want, atol=1e-6, rtol=0)  # the same numpy down-mix and resampler: bit-equal
     with open(path, "rb") as f:  # an open file (e.g. a tar member) works too
         assert torch.equal(load_audio(f), audio)
 
@@ -230,9 +250,17 @@ def test_encoder_matches_openai_whisper(samples_dir, tmp_path):
     # A whole openai-whisper model (random weights, 4 heads of 32: the head count must come
     # from the checkpoint's dims), saved as OpenAI does, loaded through load_whisper(path).
     dims = whisper.model.ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=128, n_audio_head=4, n_audio_layer=2,
-        n_vocab=100, n_text_ctx=8, n_text_state=32, n_text_head=2, n_text_layer=1,
-    )  # fmt: skip
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=128,
+        n_audio_head=4,
+        n_audio_layer=2,
+        n_vocab=100,
+        n_text_ctx=8,
+        n_text_state=32,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     ref = randomize(whisper.model.Whisper(dims))
     path = tmp_path / "tiny.pt"
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.state_dict()}, path)
@@ -243,19 +271,31 @@ def test_encoder_matches_openai_whisper(samples_dir, tmp_path):
         want = ref.encoder(mel)
         got, lengths = ours(mel)
     assert got.shape == (1, 1500, 128) and lengths.tolist() == [1500]
-    assert_close(got, want, atol=1e-4, rtol=0)  # measured 0.0 (the same ops)
+    # Measured 0.0: the same kernels (conv1d, layer_norm, SDPA, linear, erf GELU) on the same
+    # shapes in one process, deterministic on any CPU. Slack if a library reorders an op:
+    # ~sqrt(K) * eps * |x| per op (K <= 512, |x| <= 4: 1e-5), a few such ops < 1e-4.
+    assert_close(got, want, atol=1e-4, rtol=0)
 
 
 def test_encoder_matches_hugging_face(samples_dir, tmp_path):
     config = transformers.WhisperConfig(
-        vocab_size=100, num_mel_bins=80, d_model=128, encoder_layers=2, encoder_attention_heads=2,
-        encoder_ffn_dim=512, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=8, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1,
-    )  # fmt: skip
-    ref = transformers.WhisperForConditionalGeneration._from_config(
-        config, attn_implementation="sdpa"
+        vocab_size=100,
+        num_mel_bins=80,
+        d_model=128,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=512,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
+    ref = transformers.WhisperForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     randomize(ref, skip=("embed_positions",))
     ref.save_pretrained(tmp_path / "hf")  # config.json + model.safetensors
     ref.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")  # + index.json
@@ -269,7 +309,7 @@ def test_encoder_matches_hugging_face(samples_dir, tmp_path):
         assert ours.cfg.n_heads == 2
         with torch.no_grad():
             got, _ = ours(mel)
-        assert_close(got, want, atol=1e-4, rtol=0)  # measured 0.0 (the same ops)
+        assert_close(got, want, atol=1e-4, rtol=0)  # measured 0.0: the same ops, as for openai-whisper
 
 
 def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors, tmp_path):
@@ -283,6 +323,10 @@ def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors
             out, lengths = enc(mel)
             out3000, _ = enc(F.pad(mel, (0, 3000 - 320)))
         assert lengths.tolist() == [160]
+        # The original's float32 run, on another CPU: other summation orders (MKL / oneDNN block
+        # per ISA), ~sqrt(K) * eps * |terms| per dot product, K <= 256 (MLP) or 240 (conv taps).
+        # The original is within 5.3e-7 of float64 (report.json); we measure <= 7.2e-7 (values
+        # <= 3): atol 1e-5 + rtol 1e-4 is > 10x that. Same class for the three below.
         assert_close(out[0], fx["encoder_out"], atol=1e-5, rtol=1e-4)
         assert_close(out3000[0, :160], fx["encoder_out_3000pad_first160"], atol=1e-5, rtol=1e-4)
     # batch == single, against the original's own numbers
@@ -290,12 +334,12 @@ def test_encoder_matches_reference_fixtures(reference_dir, reference_safetensors
     batch[0], batch[1, :, :251] = fx["mel"].T, fx["batch2_mel_short"].T
     with torch.no_grad():
         out, lengths = enc(batch, torch.tensor([320, 251]))
-    # Our choice (SPEC §3): 251 frames give 126 outputs in a batch as alone; the release
+    # Our choice (docs/release.md §3): 251 frames give 126 outputs in a batch as alone; the release
     # gives 125 in this batch (fixture batch2_encoder_lens) and 126 alone.
     assert fx["batch2_encoder_lens"].tolist() == [160, 125]
     assert lengths.tolist() == [160, 126]
-    assert_close(out[0], fx["batch2_encoder_out"][0], atol=1e-5, rtol=1e-4)
-    assert_close(out[1, :126], fx["short_alone_encoder_out"], atol=1e-5, rtol=1e-4)
+    assert_close(out[0], fx["batch2_encoder_out"][0], atol=1e-5, rtol=1e-4)  # parity, as above
+    assert_close(out[1, :126], fx["short_alone_encoder_out"], atol=1e-5, rtol=1e-4)  # parity, as above
     assert out[1, 126:].abs().max() == 0
 
 
@@ -322,7 +366,7 @@ def test_own_state_dict_round_trip(tmp_path):
     assert load_whisper(tmp_path / "enc.safetensors").cfg.n_heads == 2
     mel = torch.randn(1, 80, 60)
     with torch.no_grad():
-        assert_close(back(mel)[0], enc(mel)[0], atol=0, rtol=0)
+        assert_close(back(mel)[0], enc(mel)[0], atol=0, rtol=0)  # same weights, code, input: exact
 
 
 # ----------------------------------------------------------------------------- invariances
@@ -344,10 +388,13 @@ def test_padded_batch_equals_single():
         for i, m in enumerate(mels):
             alone, n = enc(m[None])
             assert n.item() == out_lengths[i].item() == math.ceil(m.shape[1] / 2)
-            assert_close(out[i, : n.item()], alone[0], atol=1e-5, rtol=0)  # measured 1.5e-6
+            # masked batch vs unmasked single: other SDPA paths and GEMM shapes, so other sum
+            # orders, ~sqrt(K) * eps * |x| per op (K <= 256, |x| <= 4: 5e-6 worst op); measured
+            # 1.5e-6 (AVX2) and 1.7e-6 (AVX-512)
+            assert_close(out[i, : n.item()], alone[0], atol=1e-5, rtol=0)
             assert out[i, n.item() :].abs().sum() == 0
         full, _ = enc(clean, torch.tensor([300] * 4))  # all full: same as no lengths
-        assert_close(full, enc(clean)[0], atol=0, rtol=0)
+        assert_close(full, enc(clean)[0], atol=0, rtol=0)  # the very same path (mask None): exact
     with pytest.raises(ValueError, match="lengths must be in"):
         enc(batch, torch.tensor([300, 0, 5, 5]))
 
@@ -374,6 +421,8 @@ def test_gradient_checkpointing_same_grads():
         out.pow(2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in enc.named_parameters()})
     for name in grads[0]:
+        # Recomputation runs the same kernels on the same shapes (measured bit-equal); only the
+        # order autograd accumulates a gradient's contributions may differ: a few eps, << 1e-5.
         assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
@@ -383,14 +432,18 @@ def test_gradient_checkpointing_same_grads():
 def test_medium_preset_parameter_count_and_key_sets(reference_dir):
     cfg = WhisperConfig.from_name("medium")
     hf_config = transformers.WhisperConfig(
-        num_mel_bins=80, d_model=1024, encoder_layers=24, encoder_attention_heads=16,
-        encoder_ffn_dim=4096, max_source_positions=1500,
-    )  # fmt: skip
+        num_mel_bins=80,
+        d_model=1024,
+        encoder_layers=24,
+        encoder_attention_heads=16,
+        encoder_ffn_dim=4096,
+        max_source_positions=1500,
+    )
     with torch.device("meta"):
         ours = WhisperEncoder(cfg)
         openai = whisper.model.AudioEncoder(80, 1500, 1024, 16, 24)
         hf = HFWhisperEncoder(hf_config)
-    count = ours.num_params()
+    count = count_params(ours)
     assert count == sum(p.numel() for p in openai.parameters()) == 305_680_384  # ~306 M
     assert sum(p.numel() for p in hf.parameters()) == count + 1500 * 1024  # ~307 M
     want = {k: v.shape for k, v in ours.state_dict().items()}
@@ -417,30 +470,28 @@ def test_loader_errors(reference_dir, tmp_path):
     sd = dict(good, **{"encoder.encoders.0.self_attn.linear_k.bias": torch.zeros(64)})
     with pytest.raises(
         ValueError,
-        match=r"unexpected \['blocks\.0\.attn\.key\.bias \(from encoder\.encoders\.0\.self_attn\.linear_k\.bias\)'\]",
+        match=r"unexpected keys blocks\.0\.attn\.key\.bias \(from encoder\.encoders\.0\.self_attn\.linear_k\.bias\)$",
     ):
         load_whisper(sd, cfg)
     sd = dict(good, **{"encoder.encoders.0.conv_module.weight": torch.zeros(1)})
-    with pytest.raises(
-        ValueError, match=r"unknown keys for the wenet .*encoder\.encoders\.0\.conv_module\.weight"
-    ):
+    with pytest.raises(ValueError, match=r"unknown keys for the wenet .*encoder\.encoders\.0\.conv_module\.weight"):
         load_whisper(sd, cfg)
     sd = {k: v for k, v in good.items() if k != "encoder.encoders.1.norm2.bias"}
-    with pytest.raises(ValueError, match=r"missing \['blocks\.1\.mlp_ln\.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing keys blocks\.1\.mlp_ln\.bias$"):
         load_whisper(sd, cfg)
     sd = dict(good, **{"encoder.encoders.1.feed_forward.w_1.weight": torch.zeros(255, 64)})
     with pytest.raises(
         ValueError,
-        match=r"blocks\.1\.mlp\.0\.weight \(from encoder\.encoders\.1\.feed_forward\.w_1\.weight\): checkpoint \(255, 64\) vs model \(256, 64\)",
+        match=r"mis-shaped keys: blocks\.1\.mlp\.0\.weight \(from encoder\.encoders\.1\.feed_forward\.w_1\.weight\): \(255, 64\) in the checkpoint, the model wants \(256, 64\)$",
     ):
         load_whisper(sd, cfg)
     sd = dict(good, **{"encoder.encoders.2.norm1.weight": torch.ones(64)})
     with pytest.raises(
         ValueError,
-        match=r"unexpected \['blocks\.2\.attn_ln\.weight \(from encoder\.encoders\.2\.norm1\.weight\)'\]",
+        match=r"unexpected keys blocks\.2\.attn_ln\.weight \(from encoder\.encoders\.2\.norm1\.weight\)$",
     ):
         load_whisper(sd, cfg)
-    with pytest.raises(ValueError, match=r"missing \[.*blocks\.2\.attn\.key\.weight"):
+    with pytest.raises(ValueError, match=r"missing keys .*blocks\.2\.attn\.key\.weight"):
         load_whisper(good, WhisperConfig.from_name("tiny", n_layers=3))
     with pytest.raises(ValueError, match=r"no Whisper encoder layout .* e\.g\. \['foo\.weight'\]"):
         load_whisper({"foo.weight": torch.zeros(1)})
@@ -471,4 +522,7 @@ def test_loader_dtype_and_no_copy(reference_dir):
     assert {p.dtype for p in enc16.parameters()} == {torch.bfloat16}
     mel = torch.randn(1, 80, 50)
     with torch.no_grad():
+        # bf16 weights and activations: unit roundoff 2^-8 = 3.9e-3 per rounding, ~10 roundings
+        # in sequence (2 convs, 2 x (qkv, out, 2 MLP)), random signs: ~sqrt(10) * 2 * 2^-8 = 2.5 %
+        # of |x| <= 3. atol 0.1 + 5 % covers it (measured 2.4e-2); this checks bf16 runs, not parity.
         assert_close(enc16(mel.bfloat16())[0].float(), enc(mel)[0], atol=0.1, rtol=0.05)
