@@ -465,17 +465,20 @@ def _length(r: dict) -> int:
 
 
 def sort_buffer(records: Iterable, size: int) -> Iterator:
-    """WeNet `sort`: buffers of `size` emitted in order of length (frames; tokens for text).
+    """WeNet `sort`: buffers of `size` with the speech emitted in order of length (frames).
 
-    Speech and text are sorted apart, then spread over the buffer by rank (the i-th of n
-    records of a kind at (i + 1/2) / n), so that text batches come between speech batches
-    rather than all first (text lengths in tokens are smaller than speech lengths in frames).
+    Text records keep their (shuffled) order: sorted by length, a text batch would hold only
+    one-tag or only two-tag intents, and training would swing between the two (the toy's stage 2
+    collapsed to one answer so). Speech and text are then spread over the buffer by rank (the
+    i-th of n records of a kind at (i + 1/2) / n), so that text batches come between speech
+    batches rather than all first.
     """
 
     def spread(buf):
         placed = []
         for kind in sorted({r["kind"] for r in buf}):
-            rs = sorted((r for r in buf if r["kind"] == kind), key=_length)
+            rs = [r for r in buf if r["kind"] == kind]
+            rs = sorted(rs, key=_length) if kind == "speech" else rs
             placed += [((i + 0.5) / len(rs), r) for i, r in enumerate(rs)]
         return [r for _, r in sorted(placed, key=lambda p: p[0])]
 

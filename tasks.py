@@ -202,13 +202,14 @@ def _usable(value) -> bool:
 # Natural-language instructions (stages 2-3), ours: the release's phrasings are not published.
 # A small compositional grammar: a sentence FRAME (politeness, en + zh) around one CLAUSE per
 # intent tag; a clause is a template whose [SLOTS] are filled from the LEXICON, concept -> words.
-# Frames and every concept's words are split three ways, train / dev / test, and a phrasing of a
-# split uses only that split's frames and words, so the three sets of phrasings are disjoint (a
-# test checks the strings too). Dev and test phrasings are new sentences made of words the
-# model never met in an instruction; what lets it understand them is what pretraining gives an
-# LLM: the toy's stage-0 corpus (toy.py) uses every word of a concept in the same non-instruction
-# contexts ("her mood changed when she heard the news" / "her emotion changed ..."), so
-# synonyms get near representations, as they do in a real LLM.
+# Frames and every concept's words are split three ways, train / dev / test. A phrasing of a
+# split uses only that split's frames, so the three sets of phrasings are disjoint (a test checks
+# the strings too); its words are the split's own and the train ones, so a dev or test phrasing
+# is a new sentence whose words are partly synonyms the model never met in an instruction. What
+# lets it understand those is what pretraining gives an LLM: the toy's stage-0 corpus (toy.py)
+# uses every word of a concept in the same non-instruction contexts ("her mood changed when she
+# heard the news" / "her emotion changed ..."), so synonyms get near representations, as they do
+# in a real LLM.
 # {lang: {concept: (train words, dev words, test words)}}
 LEXICON = {
     "en": {
@@ -333,8 +334,10 @@ _SLOT = re.compile(r"\[([A-Z]+)\]")
 
 
 def _clauses(tag: str, lang: str, split: str, speech: bool = False) -> list[str]:
-    """Every filling of the tag's clause templates with the split's words."""
-    words = {c: w[SPLITS.index(split)] for c, w in LEXICON[lang].items()}
+    """Every filling of the tag's clause templates with the split's words (dev and test: their own
+    and the train words, so that a held-out phrasing mixes known words with unseen synonyms)."""
+    i = SPLITS.index(split)
+    words = {c: list(dict.fromkeys(w[0] + w[i])) for c, w in LEXICON[lang].items()}
     if speech:
         words = {c: w[:SPEECH_WORDS] for c, w in words.items()}
     out = []

@@ -670,11 +670,14 @@ class EpochLoader:
 
 
 def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
-    """Stage 0 data: every line as BOS + pieces + EOS, concatenated and cut into blocks of
-    block + 1 ids; each epoch shuffles the blocks (seeded by epoch) and deals them to ranks."""
+    """Stage 0 data: every line as pieces + EOS, concatenated and cut into blocks of block + 1 ids;
+    each epoch shuffles the blocks (seeded by epoch) and deals them to ranks. Only the chat-layout
+    lines carry BOS, where the release's prompt puts it (P1 and P2 are tokenized with one): had
+    every line begun with BOS, the toy LLM would learn that BOS starts a new document, and then
+    ignore the instruction and the speech before P2's BOS (it did: stages 1-3 learnt nothing)."""
     ids = []
     for line in lines:
-        ids += tokenizer.encode(line, bos=True) + [tokenizer.eos_id]
+        ids += tokenizer.encode(line, bos=line.startswith("<|im_start|>")) + [tokenizer.eos_id]
     n = len(ids) // (block + 1)
     blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
     batch = min(batch, n // world)  # a small dev corpus gives smaller batches

@@ -201,17 +201,18 @@ def test_batches_respect_frame_budget_and_format(toy):
 
 
 def test_sort_keeps_text_batches_among_speech():
-    """Each kind comes out sorted by length, and a buffer's text batches are spread between
-    its speech batches (sorting both kinds together would put every text batch first)."""
+    """Speech comes out sorted by length, text in the order it came (sorted, a text batch would
+    hold only one-tag or only two-tag intents), and a buffer's text batches are spread between its
+    speech batches (sorting both kinds together would put every text batch first)."""
     rng = random.Random(0)
     records = [dict(kind="speech", n_frames=rng.randrange(100, 3000)) for _ in range(96)]
     records += [dict(kind="text", target_ids=[0] * rng.randrange(3, 60)) for _ in range(64)]
     rng.shuffle(records)
     out = list(data.sort_buffer(records, size=len(records)))
     assert sorted(map(id, out)) == sorted(map(id, records))
-    for kind in ("speech", "text"):
-        lengths = [data._length(r) for r in out if r["kind"] == kind]
-        assert lengths == sorted(lengths)
+    lengths = [data._length(r) for r in out if r["kind"] == "speech"]
+    assert lengths == sorted(lengths)
+    assert [id(r) for r in out if r["kind"] == "text"] == [id(r) for r in records if r["kind"] == "text"]
     kinds = [b[0]["kind"] for b in data.dynamic_batches(out, 4000, text_batch_size=16)]
     assert kinds.count("text") == 4
     first, last = kinds.index("text"), len(kinds) - 1 - kinds[::-1].index("text")
