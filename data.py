@@ -136,7 +136,7 @@ def _parse_extra(extra, where: str) -> dict:
     return extra
 
 
-def _list_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+def list_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(line number from 1, stripped line) of a list file, blank lines left out."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -235,7 +235,7 @@ def combine_pairs(combines_list: str | Path, tar_root: str | Path) -> list[str]:
     tar_root = Path(tar_root)
     if tar_root.is_file():
         tar_root = Path(tar_root.read_text(encoding="utf-8").strip())
-    return [f"{line}|{tar_root / (Path(line).stem + '.tar')}" for _, line in _list_lines(combines_list)]
+    return [f"{line}|{tar_root / (Path(line).stem + '.tar')}" for _, line in list_lines(combines_list)]
 
 
 def _read_combine(list_path: Path, tar_path: Path, where: str, counter: BadDataCounter):
@@ -243,7 +243,7 @@ def _read_combine(list_path: Path, tar_path: Path, where: str, counter: BadDataC
         counter.add("missing_file", where, f"label list {list_path} does not exist")
         return
     labels = {}
-    for n, line in _list_lines(list_path):
+    for n, line in list_lines(list_path):
         try:
             sample = _raw_sample(line, f"{list_path}:{n}", None)
         except BadSample as e:
@@ -285,7 +285,7 @@ def read_list(path: str | Path, kind: str | None = None, counter: BadDataCounter
     counter = counter if counter is not None else BadDataCounter(max_fraction=1.0)
     path = Path(path)
     kind = kind or guess_kind(path)
-    for n, line in _list_lines(path):
+    for n, line in list_lines(path):
         yield from read_line(kind, line, f"{path}:{n}", path.parent, counter)
 
 
@@ -336,7 +336,7 @@ class Source:
 
 def guess_kind(path: Path) -> str:
     """raw (JSON lines), combine (`a|b` lines) or shard (anything else, e.g. tar paths)."""
-    for _, line in _list_lines(path):
+    for _, line in list_lines(path):
         if line.startswith("{"):
             return "raw"
         return "combine" if "|" in line else "shard"
@@ -638,7 +638,7 @@ class SpeechTextDataset(IterableDataset):
         """The epoch's work list, identical on every rank and worker."""
         out = []
         for src in self.sources:
-            lines = [(src.kind, str(src.path), n, line) for n, line in _list_lines(src.path)]
+            lines = [(src.kind, str(src.path), n, line) for n, line in list_lines(src.path)]
             out += _weighted(lines, src.weight, _rng(self.seed, epoch, "weight", src.name))
         if self.conf.stage in (2, 3):
             weight = 1.0 if self.conf.stage == 2 else self.conf.text_weight

@@ -49,7 +49,7 @@ def read_items(path: str | Path, instruction: str | None = None, fixed: bool = F
     the `error` that keeps it from being decoded (bad JSON, unknown task, no instruction...)."""
     path = Path(path)
     kind, errors, items = data.guess_kind(path), _Errors(), []
-    for n, line in data._list_lines(path):
+    for n, line in data.list_lines(path):
         where = f"{path}:{n}"
         for sample in data.read_line(kind, line, where, path.parent, errors):
             items.append(_item(sample, instruction, fixed))
