@@ -13,6 +13,7 @@ scores, on the test split (held-out speakers, held-out phrasings). Writes `runs/
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 import train
+from checkpoint import atomic_write
 from model import IOSUMPangu
 from toy import ensure_toy_world
 
@@ -99,25 +101,33 @@ def infer_and_score(model_dir: Path, test_list: Path, kind: str, out: Path, thre
 def run_seed(args, seed: int, run_dir: Path, world: dict, times: dict) -> dict:
     """Stages 0-3, the ablation, inference and scores for one training seed -> {model: report}."""
 
+    # the seconds each part took when it ran, kept in the run folder so that a rerun that skips
+    # the part still reports them
+    record = run_dir / "times.json"
+    took = json.loads(record.read_text()) if record.exists() else {}
+
     def timed(part: str, fn):
         t = time.time()
         result = fn()
-        times[part] = round(times.get(part, 0.0) + time.time() - t, 1)
-        print(f"[study] seed {seed} {part}: {time.time() - t:.1f} s", flush=True)
+        took[part] = round(time.time() - t, 1)
+        atomic_write(record, json.dumps(took, indent=1) + "\n")
+        print(f"[study] seed {seed} {part}: {took[part]:.1f} s", flush=True)
         return result
 
     for stage in (0, 1, 2, 3, "joint"):
         name = "joint" if stage == "joint" else f"stage{stage}"
         if not _done(run_dir / name):
             timed(name, lambda s=stage: train_part(s, run_dir, world, seed, args.scale, args.threads))
+        elif name in took:
+            print(f"[study] seed {seed} {name}: done before ({took[name]:.1f} s)", flush=True)
     reports = {}
     for name, (folder, kind) in MODELS.items():
         out = run_dir / "eval" / f"{name}.jsonl"
         model_dir = run_dir / folder / "final"
-        reports[name] = timed(
-            f"infer+eval {name}",
-            lambda m=model_dir, k=kind, o=out: infer_and_score(m, world["test"], k, o, args.threads),
-        )
+        run = functools.partial(infer_and_score, model_dir, world["test"], kind, out, args.threads)
+        reports[name] = run() if out.exists() else timed(f"infer+eval {name}", run)  # decoded before: scores only
+    for part, seconds in took.items():
+        times[part] = round(times.get(part, 0.0) + seconds, 1)
     return reports
 
 

@@ -62,6 +62,10 @@ TOY_COMMON = dict(
     accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50, eval_batches=4, save_every=100, log_every=5
 )
 TOY_PRESETS = ("toy",)
+# SpecAugment + SpecSub for the toy. The release's (2 time masks <= 50 frames, 3 SpecSub spans <= 30)
+# are sized for utterances of seconds; a toy utterance is 50-110 frames, which they would mostly
+# erase. Scaled to the toy: one of each, <= 5 frames (5 of 80 mel bins).
+TOY_AUGMENT = dict(num_t_mask=1, max_t=5, num_f_mask=1, max_f=5, num_t_sub=1, max_t_sub=5)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -532,6 +536,7 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
         max_frames_in_batch=args.batch_frames,
         text_batch_size=args.batch_size,
         text_weight=args.text_weight,
+        **(TOY_AUGMENT if args.preset in TOY_PRESETS else {}),
     )
     train_data = data.make_loader(
         args.data or world_paths["train"], split="train", num_workers=args.num_workers, **conf

@@ -44,10 +44,16 @@ def test_tiny_study_writes_a_valid_report(tiny_study):
     # the ablation ran as many steps as stages 1-3 together
     steps = {n: sum(1 for _ in open(out / n / "log.jsonl")) for n in ("stage1", "stage2", "stage3", "joint")}
     assert steps["joint"] == steps["stage1"] + steps["stage2"] + steps["stage3"]
-    # a rerun skips what is done: no training, no decoding, the same report
+    # a rerun skips what is done: no training, no decoding, the same report, and the times the
+    # parts took when they ran (kept in times.json)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/log.jsonl")} | {
+        p: p.stat().st_mtime_ns for p in out.glob("eval/*.jsonl")
+    }
+    assert len(stamps) == 5 + 4  # five training logs, four decodes
     again = study.main(argv)
-    assert not {"stage0", "stage1", "stage2", "stage3", "joint"} & set(again["time_s"])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["models"] == report["models"]
+    assert again["time_s"] == {**report["time_s"], "toy world": again["time_s"]["toy world"]}
 
 
 def test_splits_disjoint_speakers_utterances_phrasings(tiny_study):
