@@ -236,7 +236,8 @@ def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
         "batches the three stages see (train.py --joint, MixLoader), in a random order.",
         "",
     ]
-    md += ["## Time (s)", "", "| part | s |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()]
+    summed = f", summed over the {len(per_seed)} seeds" if len(per_seed) > 1 else ""
+    md += [f"## Time (s{summed})", "", "| part | s |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()]
     md += [f"| all | {sum(times.values()):.1f} |", "", f"Hardware: {hardware}", ""]
     md += ["## ifr_eval.py tables (first seed)", "", ifr_eval.tables_markdown(per_seed[0])]
     (root / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
