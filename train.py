@@ -64,7 +64,7 @@ TOY_COMMON = dict(
 TOY_PRESETS = ("toy",)
 # SpecAugment + SpecSub for the toy. The release's (2 time masks <= 50 frames, 3 SpecSub spans <= 30)
 # are sized for utterances of seconds; a toy utterance is 50-110 frames, which they would mostly
-# erase. Scaled to the toy: one of each, <= 5 frames (5 of 80 mel bins).
+# erase. Scaled to the toy: one of each, <= 5 frames (5 of 80 mel bins), for every run of a toy preset.
 TOY_AUGMENT = dict(num_t_mask=1, max_t=5, num_f_mask=1, max_f=5, num_t_sub=1, max_t_sub=5)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import data
 import device
 import toy
 import train
@@ -549,3 +550,14 @@ def test_bf16_autocast_path_runs_on_cpu(stages, tmp_path):
     assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in res["history"])
     for n, p in res["model"].named_parameters():
         assert p.dtype == (torch.float32 if ".lora_" in n else torch.bfloat16), n
+
+
+def test_toy_runs_scale_spec_augment_to_toy_utterances(stages):
+    """The release's masks (<= 50 frames) would erase most of a 50-110-frame toy utterance."""
+    root, _ = stages
+    args = train.parse_args(stage_args(root, 1))
+    train_data, _ = train.build_data(args, root / "toy" / "tokenizer.model", rank=0, world=1)
+    conf = train_data.dataset.conf
+    got = {k: getattr(conf, k) for k in train.TOY_AUGMENT}
+    assert conf.augment and got == train.TOY_AUGMENT
+    assert data.DataConf().max_t == 50 and data.DataConf().max_t_sub == 30  # the release's, elsewhere
