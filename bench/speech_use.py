@@ -73,13 +73,14 @@ def target_nll(model: IOSUMPangu, batch: dict) -> tuple[torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def content_share(model: IOSUMPangu, batch: dict) -> tuple[float, float]:
-    """|out(real) - out(zero)| / |out(real)|, averaged over frames, for the encoder and the adapter."""
+    """|out(real) - out(zero)| / |out(real)| over the valid frames, for the encoder and the adapter."""
     mel, lengths = batch["mel"], batch["mel_lengths"]
-    shares = []
-    enc = [model.encoder(m, lengths) for m in (mel, torch.zeros_like(mel))]
+    enc = [model.encoder(m, lengths) for m in (mel, torch.zeros_like(mel))]  # [(feats, lengths)] x 2
     ada = [model.adapter(f, n) for f, n in enc]
-    for (real, _), (zero, _) in (enc, ada):
-        shares.append(((real - zero).norm(dim=-1).mean() / real.norm(dim=-1).mean()).item())
+    shares = []
+    for (real, n), (zero, _) in (enc, ada):
+        valid = torch.arange(real.shape[1])[None, :] < n[:, None]  # (B, T): frames past a length are padding
+        shares.append(((real - zero)[valid].norm(dim=-1).mean() / real[valid].norm(dim=-1).mean()).item())
     return shares[0], shares[1]
 
 
