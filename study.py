@@ -1,7 +1,7 @@
 """The toy study in one command: does the decoupled-then-integrated recipe of I-OSUM-Pangu (arXiv
 2603.10862, Tables 2, 3, 6) beat direct joint training at following natural-language instructions?
 
-    python study.py                 # toy world, stages 0-3, the ablation, inference, evaluation
+    python study.py                 # toy world, stage 0 (toy LLM + toy Whisper), 1-3, ablation, inference, scores
     python study.py --seeds 3       # three training seeds: mean and spread
     python study.py --fresh         # start again (default: skip what is already done)
 
@@ -58,15 +58,16 @@ def _done(folder: Path) -> bool:
 
 def train_part(stage: int | str, run_dir: Path, world: dict, seed: int, scale: float, threads: int) -> None:
     """One train.py run into run_dir/<stage>; `scale` shortens every schedule (tests)."""
-    joint = stage == "joint"
-    name = "joint" if joint else f"stage{stage}"
-    sched = train.TOY["joint" if joint else stage]
+    joint, whisper = stage == "joint", stage == "whisper"
+    name = "joint" if joint else "stage0-whisper" if whisper else f"stage{stage}"
+    sched = train.TOY[stage]
     steps = max(2, round(sched["steps"] * scale))
-    argv = ["--stage", "3" if joint else str(stage), "--out", str(run_dir / name), "--seed", str(seed)]
+    argv = ["--stage", "3" if joint else "0" if whisper else str(stage), "--out", str(run_dir / name)]
+    argv += ["--seed", str(seed)] + (["--part", "whisper"] if whisper else [])
     argv += ["--steps", str(steps), "--warmup", str(min(sched["warmup"], steps))]
     argv += ["--tokenizer", str(world["tokenizer"]), "--dev-data", str(world["dev"]), "--device", "cpu"]
     argv += ["--data", str(world["corpus"] if stage == 0 else world["train"])]
-    if stage == 1 or joint:  # from the toy LLM, fresh encoder and adapter
+    if stage == 1 or joint:  # from the toy LLM and the toy Whisper (run_dir/stage0-whisper), a fresh adapter
         argv += ["--llm", str(run_dir / "stage0" / "final")]
     if joint:
         argv += ["--joint"]
@@ -114,8 +115,8 @@ def run_seed(args, seed: int, run_dir: Path, world: dict, times: dict) -> dict:
         print(f"[study] seed {seed} {part}: {took[part]:.1f} s", flush=True)
         return result
 
-    for stage in (0, 1, 2, 3, "joint"):
-        name = "joint" if stage == "joint" else f"stage{stage}"
+    for stage in (0, "whisper", 1, 2, 3, "joint"):
+        name = {"joint": "joint", "whisper": "stage0-whisper"}.get(stage, f"stage{stage}")
         if not _done(run_dir / name):
             timed(name, lambda s=stage: train_part(s, run_dir, world, seed, args.scale, args.threads))
         elif name in took:
@@ -276,8 +277,8 @@ def plot(root: Path, run_dirs: list[Path], per_seed: list[dict]) -> list[Path]:
         print("[study] matplotlib is not installed: no plots (pip install matplotlib)")
         return []
     written = []
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.5))
-    for ax, name in zip(axes, ("stage0", "stage1", "stage2", "stage3", "joint")):
+    fig, axes = plt.subplots(1, 6, figsize=(24, 3.5))
+    for ax, name in zip(axes, ("stage0", "stage0-whisper", "stage1", "stage2", "stage3", "joint")):
         log = run_dirs[0] / name / "log.jsonl"
         recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=0.6, alpha=0.6, label="train")

@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -24,9 +25,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from model import PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
+from model import IGNORE_ID, PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
 from tasks import FRAMES, INTENT_ASK, LABELS, LEXICON, TAGS, TASK_COMBOS, instruction_bank, make_target
-from whisper_enc import SAMPLE_RATE
+from whisper_enc import HOP_LENGTH, SAMPLE_RATE
 
 # A synthetic "language" a tiny model can learn on a CPU in minutes. Each word is two vowel-like
 # syllables (harmonics of the speaker's pitch shaped by two formant peaks, like vowels, so the
@@ -174,7 +175,7 @@ def _toy_speech(
     style: str,
     event: str | None,
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Render words -> (audio (N,) float32, [(start, end) s per word])."""
+    """Render words -> (audio (N,) float32, [(start, end) s per word], (start, end) s of the event or None)."""
     S = SAMPLE_RATE
     contour, gain_db = TOY_CONTOUR[emotion]
     tremor = 0.05 if age == "<OLD>" else 0.0
@@ -196,10 +197,11 @@ def _toy_speech(
             pos += len(parts[-1])
     speech = np.concatenate(parts) * (0.3 * 10 ** (gain_db / 20))
     tail = [np.zeros(int(rng.uniform(0.08, 0.12) * S), np.float32), _event(rng, event)] if event else []
+    span = (len(speech) + len(tail[0]), len(speech) + len(tail[0]) + len(tail[1])) if event else None
     tail.append(np.zeros(int(rng.uniform(0.05, 0.12) * S), np.float32))
     audio = np.concatenate([speech.astype(np.float32), *tail])
     audio += rng.normal(0, 3e-5, len(audio)).astype(np.float32)
-    return np.clip(audio, -0.99, 0.99), times
+    return np.clip(audio, -0.99, 0.99), times, (span[0] / S, span[1] / S) if span else None
 
 
 def _toy_speakers(rng: np.random.Generator) -> list[dict]:
@@ -289,10 +291,11 @@ def _audio_bytes(audio: np.ndarray, fmt: str) -> bytes:
 
 
 def _tokenizer_symbols() -> list[str]:
-    """User-defined pieces: Pangu's specials (ids 3..38), then tags and labels, one token each."""
+    """User-defined pieces: Pangu's specials (ids 3..38), then tags and labels, one token each, then
+    the pieces of stage 0's speech spans."""
     specials = ["<|User|>:", "<|Bot|>:"] + [f"[unused{i}]" for i in range(34)]
     labels = [lab for labs in LABELS.values() for lab in labs]
-    return specials + list(TAGS) + list(dict.fromkeys(labels))
+    return specials + list(TAGS) + list(dict.fromkeys(labels)) + [SPAN_OPEN, SPAN_CLOSE, SILENCE, *CLOCK]
 
 
 # The toy's short prompts: the chat markers and each system prompt are one added piece of the
@@ -341,7 +344,8 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) ->
     (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
 
-TOY_VERSION = 3  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces
+TOY_VERSION = 4  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
+# 4: alignment.jsonl, stage-0 speech spans as frames
 
 
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
@@ -380,12 +384,23 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
     tars = []
     if split == "train":
         tars = [tarfile.open(folder / f"shards_{i:06d}.tar", "w", format=tarfile.GNU_FORMAT) for i in range(n_shards)]
-    lines, targets, chats, seconds, labels = [], [], [], 0.0, Counter()
+    lines, targets, chats, seconds, labels, alignment = [], [], [], 0.0, Counter(), []
     for i, spec in enumerate(specs):
         a, spk = spec["attrs"], spec["speaker"]
-        audio, times = _toy_speech(
+        audio, times, event_span = _toy_speech(
             rng, spec["words"], spk["f0"], a["<age>"], a["<emotion>"], a["<style>"], a["<caption>"]
         )
+        heard = {
+            "key": spec["key"],
+            "samples": len(audio),
+            "words": spec["words"],
+            "times": [[round(s, 3), round(e, 3)] for s, e in times],
+            "event": a["<caption>"],
+            "event_span": [round(s, 3) for s in event_span] if event_span else None,
+            **{t.strip("<>"): a[t] for t in ("<gender>", "<age>", "<emotion>", "<style>")},
+        }
+        if split != "test":  # what the toy's pretrained stand-ins learn from (toy Whisper, stage-0 chats)
+            alignment.append(json.dumps(heard, ensure_ascii=False))
         txt = _toy_text(spec, times)
         task = TOY_TASK_NAMES[spec["tags"]]
         extra = {
@@ -408,7 +423,7 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
         labels.update(f"{''.join(spec['tags'])} {a[t]}" for t in spec["tags"] if t in TOY_LABELS)
         targets.append(make_target(spec["tags"], txt, extra))
         if split == "train":
-            chats += _chat_lines(spec, times, rng)
+            chats += _chat_lines(spec, times, heard, rng)
         if split == "train":
             members = {
                 "txt": txt,
@@ -442,8 +457,69 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
         lines = [f"shards_{i:06d}.tar" for i in range(n_shards)]
     list_file = folder / ("shards_list.txt" if split == "train" else "data.list")
     list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if alignment:
+        (folder / "alignment.jsonl").write_text("\n".join(alignment) + "\n", encoding="utf-8")
     summary = {"utterances": len(specs), "hours": round(seconds / 3600, 4), "labels": dict(sorted(labels.items()))}
     return {"summary": summary, "targets": targets, "chats": chats}
+
+
+# ----------------------------------------------------------------------------- what the audio holds, frame by frame
+
+# The toy's stand-ins for the pretrained models learn from the same account of each utterance
+# (train/alignment.jsonl, dev/alignment.jsonl): its words with their times, its event, its
+# speaker's attributes. A toy LLM of 3 M parameters, unlike openPangu, cannot read whatever
+# vectors an adapter writes: what stage 0 teaches it to read is a span shaped like the speech
+# span, one "frame" per adapter vector (80 ms), each frame the sum of the embeddings of what that
+# 80 ms holds: a word and the speaker's gender, age, emotion and style, or an event, or silence,
+# and a clock piece (frame k -> CLOCK[k]) from which the times of `<align>` are read. Stage 1
+# (LLM frozen) then has to make the adapter write such frames from the audio, as the release's
+# stage 1 makes its adapter write what openPangu reads. (our choice; README, "Rung 1".)
+# pieces of their own in the toy tokenizer (square brackets: no tag or label pattern matches them)
+SPAN_OPEN, SPAN_CLOSE, SILENCE = "[speech]", "[/speech]", "[silence]"  # the first two stand for bos_s / eos_s
+CLOCK = tuple(f"[t{k}]" for k in range(48))  # frame k's clock: 0-3.84 s (longer spans share the last)
+FRAME_SEP, PIECE_SEP = "|", "+"  # how corpus.txt writes a span: frames by |, pieces by +
+SOUNDS = ("<SILENCE>", *TOY_WORDS, *TOY_LABELS["<caption>"])  # what a frame holds (toy Whisper's classes)
+ATTRIBUTES = ("gender", "age", "emotion", "style")  # the speaker's, on word frames
+
+
+def span_frames(samples: int, per: int = 8) -> int:
+    """Vectors per utterance of `samples` audio samples: ceil(mel frames / per) (per 2: the
+    encoder's 20 ms frames, 8: the adapter's, whose stride-2 convs each round up)."""
+    return -(-(samples // HOP_LENGTH) // per)
+
+
+def frame_contents(heard: dict, per: int = 8) -> list[tuple[str, int | None]]:
+    """What each frame of `per` mel frames holds, by its centre: ('word', i) (the i-th word),
+    ('event', None) or ('silence', None)."""
+    hop = per * HOP_LENGTH / SAMPLE_RATE
+    out = []
+    for k in range(span_frames(heard["samples"], per)):
+        t = (k + 0.5) * hop
+        word = next((i for i, (a, b) in enumerate(heard["times"]) if a <= t < b), None)
+        event = heard.get("event_span")
+        if word is not None:
+            out.append(("word", word))
+        elif event and event[0] <= t < event[1]:
+            out.append(("event", None))
+        else:
+            out.append(("silence", None))
+    return out
+
+
+_SPAN = re.compile(re.escape(SPAN_OPEN) + "(.*?)" + re.escape(SPAN_CLOSE))
+
+
+def heard_span(heard: dict) -> str:
+    """An utterance's speech span as stage 0 writes it: 'CLOCK0+[unused2]|CLOCK1+two+<MALE>+...'."""
+    frames = []
+    for k, (what, i) in enumerate(frame_contents(heard)):
+        pieces = [CLOCK[min(k, len(CLOCK) - 1)]]
+        if what == "word":
+            pieces += [heard["words"][i]] + [heard[a] for a in ATTRIBUTES]
+        else:
+            pieces.append(heard["event"] if what == "event" else SILENCE)
+        frames.append(PIECE_SEP.join(pieces))
+    return FRAME_SEP.join(frames)
 
 
 # Stage-0 contexts of every concept of the instruction LEXICON (tasks.py), none of them an
@@ -499,28 +575,29 @@ OTHER_REQUESTS = {
 }
 
 
-def _chat_lines(spec: dict, times, rng: np.random.Generator) -> list[str]:
+def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> list[str]:
     """Stage-0 chat lines of one train utterance: the prompt layout of SPEC §7 with the speech
-    span written out as text (what the audio holds: its words with their times, then every label
-    it carries), the fixed tag instruction before it, the target after P2: for the utterance's own
-    task and for one other. An instruct LLM such as openPangu knows the chat template and how to
-    pick out of the user's turn what is asked; the toy learns that here, so that stage 1 (LLM
-    frozen) only has to make the speech look like such a turn. No natural-language instruction
-    is in them: understanding those is stages 2-3's job."""
+    span written as its frames (`heard_span`: what each 80 ms of the audio holds), the fixed tag
+    instruction before it, the target after P2: for the utterance's own task, for one other, and
+    for `<asr>` if neither has it.
+    An instruct LLM such as openPangu knows the chat template and how to pick out of the user's
+    turn what is asked; the toy learns that here, and how to read a span shaped like the speech
+    span, so that stage 1 (LLM frozen) only has to make the adapter write such frames. No
+    natural-language instruction is in them: understanding those is stages 2-3's job."""
     attrs = spec["attrs"]
-    held = [attrs[t] for t in ("<gender>", "<age>", "<emotion>", "<style>", "<caption>") if attrs[t]]
-    heard = " ".join(f"{w}<{a:.1f},{b:.1f}>" for w, (a, b) in zip(spec["words"], times)) + "".join(held)
+    span = SPAN_OPEN + heard_span(heard) + SPAN_CLOSE
     p1, p2 = pattern1(SYSTEM_SPEECH), "<s>" + PATTERN2
     combos = [spec["tags"]]
-    if spec["tags"] != ("<chat>",):
+    if spec["tags"] != ("<chat>",):  # and a transcript: reading words off frames is the slowest to learn
         others = [t for t in TASK_COMBOS if t != ("<chat>",) and (t != ("<caption>",) or attrs["<caption>"])]
         combos.append(others[int(rng.integers(len(others)))])
+        combos += [] if "<asr>" in combos[0] + combos[1] else [("<asr>",)]
     lines = []
     for tags in combos:
         if any(attrs.get(t) is None for t in tags if t in TOY_LABELS):  # no event in this audio
             continue
         target = make_target(tags, _toy_text({**spec, "tags": tags}, times), {})
-        lines.append(f"{p1}{''.join(tags)} {heard}{p2}{target}")
+        lines.append(f"{p1}{''.join(tags)}{span}{p2}{target}")
     return lines
 
 
@@ -565,6 +642,7 @@ def _write_tokenizer(corpus: list[str], folder: Path) -> None:
     prompts = [SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE, *chatml]
     labels = [f"{lab} {lab.strip('<>').lower().replace('_', ' ')}" for labs in LABELS.values() for lab in labs]
     words = [w for lang in LEXICON.values() for ws in lang.values() for split in ws for w in split]
+    corpus = [_SPAN.sub(SPAN_OPEN + SPAN_CLOSE, line) for line in corpus]  # frames are no text to learn pieces of
     text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels + words * 10
     train_toy_tokenizer([t for t in text if t.strip()], folder / "tokenizer.model")
 
@@ -646,6 +724,70 @@ def _print_summary(paths: dict[str, Path]) -> None:
         print(f"  {tag:10s} {' '.join(labels)}")
 
 
+# ----------------------------------------------------------------------------- the toy Whisper
+
+
+class ToyWhisper(torch.nn.Module):
+    """The toy's stand-in for a pretrained Whisper (train.py --stage 0 --part whisper): the toy
+    encoder with linear heads that tell, per 20 ms frame, the sound (silence, a word, an event)
+    and, on word frames, the speaker's attributes. The release starts from Whisper-medium, whose
+    680 k hours of pretraining a toy encoder trained by stage 1 alone does not get: it learnt
+    the toy's words too slowly (README, "Rung 1"). Only the encoder goes on to stage 1."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.cfg.d_model
+        sizes = {"sound": len(SOUNDS), **{a: len(TOY_LABELS[f"<{a}>"]) for a in ATTRIBUTES}}
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(d, n) for name, n in sizes.items()})
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, _ = self.encoder(mel, mel_lengths)  # (B, T', d)
+        return {name: head(x) for name, head in self.heads.items()}  # (B, T', classes)
+
+
+def read_alignment(path: Path) -> dict[str, dict]:
+    """alignment.jsonl -> {key: what the utterance holds}."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
+
+
+def frame_targets(alignment: dict[str, dict], keys: list[str], frames: int) -> dict[str, torch.Tensor]:
+    """The toy Whisper's targets of a batch: per head (B, frames) class ids of each 20 ms frame,
+    IGNORE_ID past an utterance's end, and for the attributes off its words."""
+    out = {name: torch.full((len(keys), frames), IGNORE_ID, dtype=torch.long) for name in ("sound", *ATTRIBUTES)}
+    for b, key in enumerate(keys):
+        if key not in alignment:
+            raise KeyError(f"utterance {key!r} is not in the alignment file: the toy Whisper needs every one")
+        heard = alignment[key]
+        for k, (what, i) in enumerate(frame_contents(heard, per=2)[:frames]):
+            sound = heard["words"][i] if what == "word" else heard["event"] if what == "event" else "<SILENCE>"
+            out["sound"][b, k] = SOUNDS.index(sound)
+            if what == "word":
+                for a in ATTRIBUTES:
+                    out[a][b, k] = TOY_LABELS[f"<{a}>"].index(heard[a])
+    return out
+
+
+class WithFrameTargets:
+    """A data.py loader whose batches also carry the toy Whisper's `frame_targets` (its
+    state_dict is the loader's: resuming is the loader's)."""
+
+    def __init__(self, loader, alignment: dict[str, dict]):
+        self.loader, self.alignment = loader, alignment
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+    def __iter__(self):
+        for batch in self.loader:
+            frames = (batch["mel"].shape[-1] + 1) // 2
+            yield {**batch, "frame_targets": frame_targets(self.alignment, batch["keys"], frames)}
+
+
 # ----------------------------------------------------------------------------- stage-0 data
 
 
@@ -669,27 +811,49 @@ class EpochLoader:
         self.epoch, self.batches = self.epoch + 1, 0
 
 
+def line_positions(line: str, tokenizer) -> list[list[int]]:
+    """One corpus line -> its positions, each a list of ids: one for text, several for a frame of
+    a speech span (the model sums their embeddings). Only the chat-layout lines carry BOS, where
+    the release's prompt puts it (P1 and P2 are tokenized with one): had every line begun with
+    BOS, the toy LLM would learn that BOS starts a new document, and then ignore the instruction
+    and the speech before P2's BOS (it did: stages 1-3 learnt nothing)."""
+    bos = line.startswith("<|im_start|>")
+    m = _SPAN.search(line)
+    if m is None:
+        return [[i] for i in tokenizer.encode(line, bos=bos)]
+    head = tokenizer.encode(line[: m.start()] + SPAN_OPEN, bos=bos)
+    frames = [
+        [i for p in f.split(PIECE_SEP) for i in tokenizer.encode(p, bos=False)] for f in m.group(1).split(FRAME_SEP)
+    ]
+    tail = tokenizer.encode(SPAN_CLOSE + line[m.end() :], bos=False)
+    return [[i] for i in head] + frames + [[i] for i in tail]
+
+
 def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
-    """Stage 0 data: every line as pieces + EOS, concatenated and cut into blocks of block + 1 ids;
-    each epoch shuffles the blocks (seeded by epoch) and deals them to ranks. Only the chat-layout
-    lines carry BOS, where the release's prompt puts it (P1 and P2 are tokenized with one): had
-    every line begun with BOS, the toy LLM would learn that BOS starts a new document, and then
-    ignore the instruction and the speech before P2's BOS (it did: stages 1-3 learnt nothing)."""
-    ids = []
+    """Stage 0 data: every line's positions + EOS, concatenated and cut into blocks of block + 1;
+    each epoch shuffles the blocks (seeded by epoch) and deals them to ranks. A batch is
+    {"ids": (B, block + 1, K) ids, -1 past each position's own, "targets": (B, block + 1)}: the id
+    of a text position, IGNORE_ID for a frame (nothing predicts the audio)."""
+    positions = []
     for line in lines:
-        ids += tokenizer.encode(line, bos=line.startswith("<|im_start|>")) + [tokenizer.eos_id]
-    n = len(ids) // (block + 1)
-    blocks = torch.tensor(ids[: n * (block + 1)]).view(n, block + 1)
+        positions += line_positions(line, tokenizer) + [[tokenizer.eos_id]]
+    width = max(len(p) for p in positions)
+    ids = torch.full((len(positions), width), -1, dtype=torch.long)
+    for i, p in enumerate(positions):
+        ids[i, : len(p)] = torch.tensor(p)
+    targets = torch.where(ids[:, 1] < 0, ids[:, 0], IGNORE_ID) if width > 1 else ids[:, 0].clone()
+    n = len(positions) // (block + 1)
+    ids, targets = ids[: n * (block + 1)].view(n, block + 1, width), targets[: n * (block + 1)].view(n, block + 1)
     batch = min(batch, n // world)  # a small dev corpus gives smaller batches
     n_batches = n // max(batch * world, 1)
     if n_batches == 0:
-        raise SystemExit(f"the corpus has {n} blocks of {block + 1} ids: too few for one batch")
+        raise SystemExit(f"the corpus has {n} blocks of {block + 1} positions: too few for one batch")
 
     def epoch_batches(epoch: int, start: int):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         order = order[rank : n_batches * batch * world : world].view(n_batches, batch)
         for i in range(start, n_batches):
-            yield {"ids": blocks[order[i]]}
+            yield {"ids": ids[order[i]], "targets": targets[order[i]]}
 
     return epoch_batches
 

@@ -28,10 +28,10 @@ import data
 from checkpoint import atomic_dir, atomic_write, count_params
 from device import BACKENDS, peak_memory_gb, pick_device, synchronize, use_bf16
 from model import IOSUMConfig, IOSUMPangu
-from pangu import Pangu, PanguConfig, lm_loss, load_pangu
+from pangu import IGNORE_ID, Pangu, PanguConfig, lm_loss, load_pangu
 from tokenizer import PanguTokenizer
-from toy import corpus_loaders, ensure_toy_world, toy_paths
-from whisper_enc import load_whisper
+from toy import ToyWhisper, WithFrameTargets, corpus_loaders, ensure_toy_world, read_alignment, toy_paths
+from whisper_enc import WhisperEncoder, load_whisper
 
 # The release's optimisation settings (docs/release.md §9), for every preset but the toy one. The frame
 # budget per batch, step count and eval / save intervals are not published (our choice).
@@ -57,6 +57,8 @@ TOY = {
     2: dict(lr=5e-3, warmup=20, steps=300),
     3: dict(lr=3e-3, warmup=20, steps=300),
 }
+ATTRIBUTE_WEIGHT = 0.1  # the toy Whisper's attribute heads beside its sound head (whisper_step)
+TOY["whisper"] = dict(lr=3e-3, warmup=30, steps=500)  # stage 0, --part whisper
 TOY["joint"] = dict(lr=TOY[3]["lr"], warmup=TOY[1]["warmup"], steps=sum(TOY[s]["steps"] for s in (1, 2, 3)))
 TOY_COMMON = dict(
     accum=1, clip=5.0, weight_decay=0.01, batch_frames=1000, eval_every=50, eval_batches=4, save_every=100, log_every=5
@@ -367,7 +369,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         choices=[0, 1, 2, 3],
         required=True,
-        help="0 toy LLM pretraining, 1 speech alignment, 2 intent (text), 3 joint",
+        help="0 toy pretraining (LLM or Whisper, see --part), 1 speech alignment, 2 intent (text), 3 joint",
+    )
+    p.add_argument(
+        "--part",
+        default="llm",
+        choices=["llm", "whisper"],
+        help="stage 0: which of the toy's pretrained stand-ins to train (the LLM, on corpus.txt; "
+        "the encoder, on the toy speech and its alignment.jsonl)",
     )
     p.add_argument("--preset", default="toy", help="model preset: toy | iosum-pangu-7b")
     p.add_argument(
@@ -445,14 +454,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     toy = args.preset in TOY_PRESETS
     if args.joint and (args.stage != 3 or not toy or args.llm is None):
         p.error("--joint is the toy ablation: --stage 3 --preset toy --llm <the stage-0 LLM>")
-    defaults = {**TOY_COMMON, **TOY["joint" if args.joint else args.stage]} if toy else RELEASE
+    if args.part == "whisper" and args.stage != 0:
+        p.error("--part whisper is stage 0's (the toy Whisper)")
+    whisper0 = args.stage == 0 and args.part == "whisper"
+    defaults = (
+        {**TOY_COMMON, **TOY["joint" if args.joint else "whisper" if whisper0 else args.stage]} if toy else RELEASE
+    )
     if args.batch_size is None:
         args.batch_size = defaults.get("batch_size", 16)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
-        args.out = f"runs/{args.preset}/stage{args.stage}"
+        args.out = f"runs/{args.preset}/stage{args.stage}" + ("-whisper" if whisper0 else "")
     if args.keep < 1:
         p.error("--keep must be >= 1")
     return args
@@ -471,10 +485,22 @@ def is_trainable(stage: int, name: str) -> bool:
 
 
 def pretrain_step(model, batch):
-    """Stage 0: next-token loss of the toy Pangu on packed blocks of corpus tokens (B, L + 1)."""
-    ids = batch["ids"]
-    logits = model(input_ids=ids[:, :-1])  # (B, L, V)
-    return lm_loss(logits, ids[:, 1:]), ids[:, 1:].numel()
+    """Stage 0: next-token loss of the toy Pangu on packed blocks of corpus positions: ids
+    (B, L + 1, K), a position's embedding the sum of its ids' (-1: none), targets (B, L + 1)."""
+    ids, targets = batch["ids"][:, :-1], batch["targets"][:, 1:]
+    embeds = (getattr(model, "module", model).embed(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(2)  # (B, L, D)
+    logits = model(inputs_embeds=embeds)  # (B, L, V)
+    return lm_loss(logits, targets), int((targets != IGNORE_ID).sum())
+
+
+def whisper_step(model, batch):
+    """Stage 0, toy Whisper: cross-entropy of every head on its frames, the attributes' weighted
+    by ATTRIBUTE_WEIGHT (at 1 they held the words back: 13 % of dev word frames right after 500
+    steps, 93 % with the sound head alone)."""
+    logits = model(batch["mel"], batch["mel_lengths"])
+    targets = batch["frame_targets"]
+    loss = sum(lm_loss(logits[name], targets[name]) * (1.0 if name == "sound" else ATTRIBUTE_WEIGHT) for name in logits)
+    return loss, int((targets["sound"] != IGNORE_ID).sum())
 
 
 def speech_step(model, batch):
@@ -522,14 +548,14 @@ class MixLoader:
 def build_data(args, tokenizer_file: Path, rank: int, world: int):
     """This rank's training batches (a loader that records its position) and a maker of
     dev-batch iterables. Stage 0 reads the toy corpus; stages 1-3 go through data.py."""
-    if args.stage == 0:  # the toy corpus (a real run starts from openPangu)
+    if args.stage == 0 and args.part == "llm":  # the toy corpus (a real run starts from openPangu)
         corpus = Path(args.data or Path(args.toy_dir) / "corpus.txt")
         tok = PanguTokenizer(tokenizer_file)
         return corpus_loaders(corpus, tok, args.block, args.batch_size, args.seed, rank, world)
     world_paths = toy_paths(args.toy_dir) if args.data is None else None
     conf = dict(
         tokenizer_file=tokenizer_file,
-        stage=args.stage,
+        stage=max(args.stage, 1),  # stage 0's toy Whisper reads stage 1's batches
         seed=args.seed,
         rank=rank,
         world_size=world,
@@ -548,6 +574,13 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
         counts = [TOY[s]["steps"] * args.steps // TOY["joint"]["steps"] for s in (1, 2)]
         train_data = MixLoader([*loaders, train_data], [*counts, args.steps - sum(counts)], args.seed)
     dev_list = args.dev_data or (world_paths["dev"] if world_paths else None)
+    if args.stage == 0:  # the toy Whisper: stage 1's speech batches, with what each frame holds
+        align = {
+            split: read_alignment(Path(lst).parent / "alignment.jsonl")
+            for split, lst in (("train", args.data or world_paths["train"]), ("dev", dev_list))
+        }
+        dev = lambda: WithFrameTargets(data.make_loader(dev_list, split="dev", **conf), align["dev"])  # noqa: E731
+        return WithFrameTargets(train_data, align["train"]), dev
     if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
         args.eval_every = 0
@@ -559,7 +592,8 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
 
 def set_grad_ckpt(model: torch.nn.Module, on: bool) -> None:
     """Turn gradient checkpointing on in the encoder, adapter and LLM blocks."""
-    parts = [model] if isinstance(model, Pangu) else [model.encoder, model.adapter, model.llm]
+    parts = [model] if isinstance(model, Pangu) else [model.encoder]
+    parts += [model.adapter, model.llm] if isinstance(model, IOSUMPangu) else []
     for part in parts:
         if on and not hasattr(part, "gradient_checkpointing"):
             print(f"warning: {type(part).__name__} has no gradient_checkpointing switch")
@@ -580,6 +614,11 @@ def build_stage1_model(cfg: IOSUMConfig, whisper: str | None, llm: str) -> IOSUM
 def save_final(out: Path, model, tokenizer_file: Path | None) -> Path:
     """The stage's result, what the next stage (or inference) loads: the whole model in our
     format (stage 0: a Pangu folder that `pangu.load_pangu` reads), renamed into place."""
+    if isinstance(model, ToyWhisper):  # the encoder alone, in our (OpenAI) names: load_whisper reads it
+        with atomic_dir(out / "final") as tmp:
+            save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, tmp / "model.safetensors")
+            (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(model.encoder.cfg), indent=1) + "\n")
+        return out / "final"
     if not isinstance(model, Pangu):
         return model.save_pretrained(out / "final")
     with atomic_dir(out / "final") as tmp:
@@ -591,16 +630,27 @@ def save_final(out: Path, model, tokenizer_file: Path | None) -> Path:
     return out / "final"
 
 
-def missing_toy_stages(args) -> list[int]:
-    """The earlier toy stages, oldest first, that `args.stage` needs and that have no `final/` yet
-    (0 = the toy LLM). A fresh clone's `--stage 3` trains 0, 1 and 2 first."""
-    if args.preset not in TOY_PRESETS or args.init is not None or ((args.stage == 1 or args.joint) and args.llm):
+def toy_whisper(args) -> Path:
+    """Where a toy run's stage 1 (and the ablation) finds the toy Whisper of stage 0."""
+    return Path(args.out).parent / "stage0-whisper" / "final" / "model.safetensors"
+
+
+def missing_toy_stages(args) -> list[tuple[int, str]]:
+    """The earlier toy runs, oldest first, that `args.stage` needs and that have no `final/` yet,
+    as (stage, part): (0, 'llm') the toy LLM, (0, 'whisper') the toy Whisper, (1, 'llm') ...
+    A fresh clone's `--stage 3` trains both of stage 0, then 1 and 2 first."""
+    if args.preset not in TOY_PRESETS or args.init is not None or args.stage == 0:
         return []
     run_dir, missing = Path(args.out).parent, []
-    for s in range(args.stage - 1, -1, -1):
-        if (run_dir / f"stage{s}" / "final").exists():
-            break
-        missing.insert(0, s)
+    first = 1 if args.joint else args.stage  # the earliest stage this chain runs
+    if not ((args.stage == 1 or args.joint) and args.llm):
+        for s in range(args.stage - 1, -1, -1):
+            if (run_dir / f"stage{s}" / "final").exists():
+                break
+            missing.insert(0, (s, "llm"))
+            first = s
+    if first <= 1 and args.whisper is None and not toy_whisper(args).exists():
+        missing.insert(0, (0, "whisper"))
     return missing
 
 
@@ -613,8 +663,9 @@ def main(argv=None) -> dict:
     missing = missing_toy_stages(args)
     if missing and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise SystemExit(f"run toy stage(s) {missing} first (one process), then this")
-    for stage in missing:
-        print(f"{Path(args.out).parent}/stage{args.stage - 1}/final is missing: training toy stage {stage} first")
+    for stage, part in missing:
+        name = f"stage{stage}" + ("-whisper" if part == "whisper" else "")
+        print(f"{Path(args.out).parent}/{name}/final is missing: training it first")
         same = {
             "--preset": args.preset,
             "--device": args.device,
@@ -622,7 +673,7 @@ def main(argv=None) -> dict:
             "--toy-dir": args.toy_dir,
             "--seed": str(args.seed),
         }
-        flags = {"--stage": str(stage), "--out": str(Path(args.out).parent / f"stage{stage}"), **same}
+        flags = {"--stage": str(stage), "--part": part, "--out": str(Path(args.out).parent / name), **same}
         run(parse_args([x for kv in flags.items() for x in kv]))
     return run(args)
 
@@ -660,15 +711,25 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     bf16 = use_bf16(device, args.precision)
     dtype = torch.bfloat16 if bf16 else torch.float32  # of what stays frozen
-    if args.stage == 0:
-        if not toy:
-            raise SystemExit("stage 0 pretrains the toy LLM; a real run starts from openPangu")
+    if args.stage == 0 and not toy:
+        raise SystemExit("stage 0 pretrains the toy's LLM and Whisper; a real run starts from openPangu and Whisper")
+    if args.stage == 0 and args.part == "whisper":
+        model = ToyWhisper(WhisperEncoder(IOSUMConfig.from_name(args.preset).whisper))
+        cfg_json = dict(format="toy-whisper", config=dataclasses.asdict(model.encoder.cfg))
+        step_fn = whisper_step
+    elif args.stage == 0:
         model = Pangu(PanguConfig.from_name(args.preset))
         cfg_json = dict(format="pangu-stage0", config=model.cfg.to_json())
         step_fn = pretrain_step
     else:
         if (args.stage == 1 or args.joint) and args.init is None:
             cfg = IOSUMConfig.from_name(args.preset)
+            if toy and args.whisper is None:  # the toy Whisper of stage 0
+                args.whisper = str(toy_whisper(args))
+                if not Path(args.whisper).exists():
+                    raise SystemExit(
+                        f"{args.whisper} is missing: run --stage 0 --part whisper first (or pass --whisper)"
+                    )
             model = build_stage1_model(cfg, args.whisper, args.llm or str(prev))
             say(f"starting from LLM {args.llm or prev}, encoder {args.whisper or '(fresh)'}")
         else:

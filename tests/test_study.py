@@ -35,7 +35,7 @@ def test_tiny_study_writes_a_valid_report(tiny_study):
     n_test = len(list(data.read_raw_list(root / "toy" / "test" / "data.list")))
     for name, r in saved["models"].items():  # ifr_eval.py's report of every test line
         assert r["n"] == n_test and 0 <= r["ifr"] <= 100 and "metrics" in r, name
-    assert {"toy world", "stage0", "stage1", "stage2", "stage3", "joint"} <= set(saved["time_s"])
+    assert {"toy world", "stage0", "stage0-whisper", "stage1", "stage2", "stage3", "joint"} <= set(saved["time_s"])
     assert saved["hardware"]["threads"] == 1 and saved["seeds"]["n"] == 1
     md = (out / "report.md").read_text(encoding="utf-8")
     for table in ("Table 2", "Table 3", "Table 6", "90.2", "51.5"):
@@ -49,7 +49,7 @@ def test_tiny_study_writes_a_valid_report(tiny_study):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/log.jsonl")} | {
         p: p.stat().st_mtime_ns for p in out.glob("eval/*.jsonl")
     }
-    assert len(stamps) == 5 + 4  # five training logs, four decodes
+    assert len(stamps) == 6 + 4  # six training logs (stage 0 has two), four decodes
     again = study.main(argv)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["models"] == report["models"]

@@ -97,6 +97,7 @@ def test_toy_tokenizer_has_the_pangu_layout(toy):
     table = json.loads((toy["tokenizer"].parent / "tokenizer_config.json").read_text())["added_tokens_decoder"]
     pieces = ["<unk>", "<s>", "</s>", "<|User|>:", "<|Bot|>:", *(f"[unused{i}]" for i in range(34))]
     pieces += [*tasks.TAGS, *(lab for labs in tasks.LABELS.values() for lab in labs), *toy_world.TOY_PROMPT_PIECES]
+    pieces += [toy_world.SPAN_OPEN, toy_world.SPAN_CLOSE, toy_world.SILENCE, *toy_world.CLOCK]  # stage 0's frames
     assert {int(i): v["content"] for i, v in table.items()} == {sp.piece_to_id(p): p for p in pieces}
     tok = PanguTokenizer(toy["tokenizer"])
     assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 15, 0, 1024)
@@ -198,3 +199,69 @@ def test_toy_tasks_learnable_by_probes_on_heldout_speakers(toy, one_thread):
 def test_toy_paths_from_a_cli_string():
     # train.py passes --toy-dir as given on the command line
     assert toy_world.toy_paths("toy_data")["tokenizer"] == toy_world.toy_paths(Path("toy_data"))["tokenizer"]
+
+
+def test_stage0_speech_spans_have_the_shape_of_the_adapter_output(toy):
+    """Each train utterance's stage-0 span has one frame per vector the toy adapter writes for its
+    audio (through the real encoder and adapter), its words in order, and no test utterance."""
+    from adapter import Adapter
+    from model import IOSUMConfig
+    from whisper_enc import WhisperEncoder
+
+    cfg = IOSUMConfig.from_name("toy")
+    encoder, adapter = WhisperEncoder(cfg.whisper).eval(), Adapter(cfg.adapter).eval()
+    heard = toy_world.read_alignment(toy["train"].parent / "alignment.jsonl")
+    assert not (toy["test"].parent / "alignment.jsonl").exists()
+    loader = data.make_loader(toy["train"], split="dev", tokenizer_file=toy["tokenizer"], stage=1)
+    corpus = toy["corpus"].read_text(encoding="utf-8")
+    checked = 0
+    with torch.no_grad():
+        for batch in loader:
+            feats, lengths = encoder(batch["mel"], batch["mel_lengths"])
+            _, lengths = adapter(feats, lengths)
+            for key, n in zip(batch["keys"], lengths.tolist()):
+                span = toy_world.heard_span(heard[key])
+                frames = span.split(toy_world.FRAME_SEP)
+                assert len(frames) == n == toy_world.span_frames(heard[key]["samples"]), key
+                words = [p for f in frames for p in f.split(toy_world.PIECE_SEP) if p in toy_world.TOY_WORDS]
+                collapsed = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
+                merged = [w for i, w in enumerate(heard[key]["words"]) if i == 0 or w != heard[key]["words"][i - 1]]
+                assert collapsed == merged, key  # every word holds the centre of a frame
+                assert toy_world.SPAN_OPEN + span + toy_world.SPAN_CLOSE in corpus, key
+                checked += 1
+    assert checked == len(heard)
+
+
+def test_stage0_frames_are_summed_inputs_and_never_targets(toy):
+    tok = PanguTokenizer(toy["tokenizer"])
+    lines = [line.replace("\\n", "\n") for line in toy["corpus"].read_text(encoding="utf-8").splitlines()]
+    chat = next(line for line in lines if toy_world.SPAN_OPEN in line)
+    positions = toy_world.line_positions(chat, tok)
+    frames = [p for p in positions if len(p) > 1]
+    assert len(frames) == toy_world._SPAN.search(chat).group(1).count(toy_world.FRAME_SEP) + 1
+    text = toy_world._SPAN.sub(toy_world.SPAN_OPEN + toy_world.SPAN_CLOSE, chat)
+    assert [p[0] for p in positions if len(p) == 1] == tok.encode(text, bos=True)  # the rest is the text
+    make = toy_world.corpus_blocks([chat] * 40, tok, block=64, batch=2, seed=0, rank=0, world=1)
+    batch = next(make(0, 0))
+    ids, targets = batch["ids"], batch["targets"]
+    is_frame = (ids >= 0).sum(-1) > 1
+    assert is_frame.any() and (targets[is_frame] == toy_world.IGNORE_ID).all()
+    assert (targets[~is_frame] == ids[~is_frame][:, 0]).all()
+
+
+def test_toy_whisper_targets_follow_the_alignment(toy):
+    heard = toy_world.read_alignment(toy["train"].parent / "alignment.jsonl")
+    key = next(k for k, h in heard.items() if h["event"])
+    h = heard[key]
+    t = toy_world.frame_targets(heard, [key], toy_world.span_frames(h["samples"], per=2) + 3)
+    sound = t["sound"][0]
+    names = [toy_world.SOUNDS[i] for i in sound.tolist() if i >= 0]
+    assert names[0] == "<SILENCE>" and h["event"] in names and (sound[-3:] == toy_world.IGNORE_ID).all()
+    for k, name in enumerate(names):  # a frame holds what lies at its centre (20 ms frames)
+        centre = (k + 0.5) * 0.02
+        inside = [w for w, (a, b) in zip(h["words"], h["times"]) if a <= centre < b]
+        assert name == (inside[0] if inside else name if name in (h["event"], "<SILENCE>") else None)
+        on_word = name in toy_world.TOY_WORDS
+        assert (t["gender"][0, k] >= 0) == on_word
+    with pytest.raises(KeyError, match="not in the alignment"):
+        toy_world.frame_targets(heard, ["nope"], 4)

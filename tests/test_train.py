@@ -311,8 +311,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def stage_args(root, stage, *extra):
+    """train.py's arguments for a short run of `stage` (0-3, or 'whisper': stage 0's toy Whisper)."""
     toy = root / "toy"
-    if stage == 0:
+    if stage == "whisper":
+        stage, extra = 0, ("--part", "whisper", "--out", str(root / "runs" / "stage0-whisper"), *extra)
+        data_args = ["--data", str(toy / "train" / "shards_list.txt"), "--dev-data", str(toy / "dev" / "data.list")]
+        data_args += ["--batch-frames", "300"]
+    elif stage == 0:
         data_args = ["--data", str(toy / "corpus.txt"), "--block", "32", "--batch-size", "8"]
     else:
         data_args = [
@@ -374,7 +379,8 @@ def stages(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     toy.ensure_toy_world(root / "toy", n_train=6, n_dev=2, n_test=1, n_shards=2)
     runs = {}
-    for stage in range(4):  # each stage starts from the previous one's runs/stageN/final
+    # each stage starts from the previous one's runs/stageN/final; stage 1 also from the toy Whisper
+    for stage in (0, "whisper", 1, 2, 3):
         before = {}
         res = run_main(stage_args(root, stage), before)
         runs[stage] = (before, res)
@@ -413,6 +419,25 @@ def test_stage_trains_only_its_parameters_and_lowers_dev_loss(stages, stage):
 
         loaded = IOSUMPangu.from_pretrained(final)
         torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)  # bytes: exact
+
+
+def test_toy_whisper_trains_the_encoder_and_stage1_starts_from_it(stages):
+    """Stage 0's toy Whisper: every encoder weight and head trains, dev loss falls, `final/` is
+    the encoder in a layout load_whisper reads, bit for bit, and stage 1's encoder starts there."""
+    from whisper_enc import load_whisper
+
+    root, runs = stages
+    before, res = runs["whisper"]
+    (_, start), (_, end) = res["dev"][0], res["dev"][-1]
+    assert end < start, res["dev"]
+    model = res["model"]
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    final = root / "runs" / "stage0-whisper" / "final" / "model.safetensors"
+    loaded = load_whisper(final, model.encoder.cfg)
+    torch.testing.assert_close(loaded.state_dict(), model.encoder.state_dict(), rtol=0, atol=0)
+    stage1_before = runs[1][0]
+    for n, p in model.encoder.named_parameters():
+        assert torch.equal(stage1_before[f"encoder.{n}"], p), n
 
 
 def test_next_stage_starts_from_previous_final(stages):
