@@ -232,9 +232,9 @@ def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
         md.append(f"| {label} | {ms('joint', key)} | {ms('decoupled', key)} | {gap_s} | {paper_j} | {paper_d} |")
     md += [
         "",
-        "Joint (our reading of the paper's 'direct joint training'): from the stage-0 toy LLM with a fresh",
-        "encoder and adapter, encoder + adapter + LoRA trained at once for s1 + s2 + s3 steps on the same",
-        "batches the three stages see (train.py --joint, MixLoader), in a random order.",
+        "Joint (our reading of the paper's 'direct joint training'): from the stage-0 toy LLM and toy",
+        "Whisper with a fresh adapter, encoder + adapter + LoRA trained at once for s1 + s2 + s3 steps on the",
+        "same batches the three stages see (train.py --joint, MixLoader), in a random order.",
         "",
     ]
     summed = f", summed over the {len(per_seed)} seeds" if len(per_seed) > 1 else ""

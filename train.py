@@ -445,7 +445,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--joint",
         action="store_true",
-        help="with --stage 3: the ablation (direct joint training): from --llm with a fresh encoder and "
+        help="with --stage 3: the ablation (direct joint training): from --llm and the toy Whisper with a fresh "
         "adapter, encoder + adapter + LoRA on stages 1-3's batches at once (see MixLoader)",
     )
     p.add_argument("--seed", type=int, default=1234)
