@@ -510,7 +510,7 @@ _SPAN = re.compile(re.escape(SPAN_OPEN) + "(.*?)" + re.escape(SPAN_CLOSE))
 
 
 def heard_span(heard: dict) -> str:
-    """An utterance's speech span as stage 0 writes it: 'CLOCK0+[unused2]|CLOCK1+two+<MALE>+...'."""
+    """An utterance's speech span as stage 0 writes it: '[t0]+[silence]|[t1]+two+<MALE>+<ADULT>+...'."""
     frames = []
     for k, (what, i) in enumerate(frame_contents(heard)):
         pieces = [CLOCK[min(k, len(CLOCK) - 1)]]
@@ -748,6 +748,8 @@ class ToyWhisper(torch.nn.Module):
 
 def read_alignment(path: Path) -> dict[str, dict]:
     """alignment.jsonl -> {key: what the utterance holds}."""
+    if not Path(path).is_file():
+        raise SystemExit(f"{path} is missing: the toy Whisper learns from the toy world's alignment (python toy.py)")
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
 

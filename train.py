@@ -575,12 +575,14 @@ def build_data(args, tokenizer_file: Path, rank: int, world: int):
         train_data = MixLoader([*loaders, train_data], [*counts, args.steps - sum(counts)], args.seed)
     dev_list = args.dev_data or (world_paths["dev"] if world_paths else None)
     if args.stage == 0:  # the toy Whisper: stage 1's speech batches, with what each frame holds
-        align = {
-            split: read_alignment(Path(lst).parent / "alignment.jsonl")
-            for split, lst in (("train", args.data or world_paths["train"]), ("dev", dev_list))
-        }
-        dev = lambda: WithFrameTargets(data.make_loader(dev_list, split="dev", **conf), align["dev"])  # noqa: E731
-        return WithFrameTargets(train_data, align["train"]), dev
+        train_align = read_alignment(Path(args.data or world_paths["train"]).parent / "alignment.jsonl")
+        if dev_list is None:
+            print("no --dev-data: no dev loss")
+            args.eval_every = 0
+            return WithFrameTargets(train_data, train_align), None
+        dev_align = read_alignment(Path(dev_list).parent / "alignment.jsonl")
+        dev = lambda: WithFrameTargets(data.make_loader(dev_list, split="dev", **conf), dev_align)  # noqa: E731
+        return WithFrameTargets(train_data, train_align), dev
     if dev_list is None and args.eval_every and args.stage != 2:  # stage 2: data.py's intents
         print("no --dev-data: no dev loss")
         args.eval_every = 0

@@ -265,3 +265,8 @@ def test_toy_whisper_targets_follow_the_alignment(toy):
         assert (t["gender"][0, k] >= 0) == on_word
     with pytest.raises(KeyError, match="not in the alignment"):
         toy_world.frame_targets(heard, ["nope"], 4)
+
+
+def test_toy_whisper_without_an_alignment_says_which_file(tmp_path):
+    with pytest.raises(SystemExit, match="alignment.jsonl is missing"):
+        toy_world.read_alignment(tmp_path / "alignment.jsonl")
