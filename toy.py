@@ -2,8 +2,10 @@
 
 A "language" of 20 tone-pattern words whose every task (docs/release.md §8) has an acoustic cue a tiny model
 learns on a laptop CPU in minutes, with held-out speakers and held-out instruction phrasings for
-dev and test. It only *writes* files (FLAC shards, raw lists + wav, a sentencepiece tokenizer, the
-stage-0 text corpus); `data.py` reads them like any other corpus. Students edit the cues here to
+dev and test. It *writes* files (FLAC shards, raw lists + wav, the train and dev alignment, a
+sentencepiece tokenizer, the stage-0 text corpus) that `data.py` reads like any other corpus, and
+holds what the toy's stage 0 (train.py) needs besides: the toy Whisper's heads and targets, the
+stage-0 corpus's batches. Students edit the cues here to
 study what the model learns. `python toy.py` builds it and prints a summary.
 """
 
