@@ -493,12 +493,11 @@ def span_frames(samples: int, per: int = 8) -> int:
 def frame_contents(heard: dict, per: int = 8) -> list[tuple[str, int | None]]:
     """What each frame of `per` mel frames holds, by its centre: ('word', i) (the i-th word),
     ('event', None) or ('silence', None)."""
-    hop = per * HOP_LENGTH / SAMPLE_RATE
+    hop, event = per * HOP_LENGTH / SAMPLE_RATE, heard.get("event_span")
     out = []
     for k in range(span_frames(heard["samples"], per)):
         t = (k + 0.5) * hop
         word = next((i for i, (a, b) in enumerate(heard["times"]) if a <= t < b), None)
-        event = heard.get("event_span")
         if word is not None:
             out.append(("word", word))
         elif event and event[0] <= t < event[1]:
