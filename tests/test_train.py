@@ -112,8 +112,11 @@ def test_release_defaults_and_overrides():
     a = train.parse_args(["--stage", "3", "--preset", "iosum-pangu-7b"])
     assert (a.lr, a.warmup, a.accum, a.clip, a.weight_decay) == (5e-4, 2000, 4, 5.0, 0.01)
     assert a.out == "runs/iosum-pangu-7b/stage3"
+    assert a.freeze_encoder is False  # the release trains Whisper-medium in stages 1 and 3; the toy's stays frozen
     b = train.parse_args(["--stage", "3", "--preset", "iosum-pangu-7b", "--lr", "1e-4", "--accum", "8"])
     assert (b.lr, b.accum) == (1e-4, 8)
+    assert train.parse_args(["--stage", "1"]).freeze_encoder is True
+    assert train.parse_args(["--stage", "1", "--no-freeze-encoder"]).freeze_encoder is False
 
 
 def test_optimizer_is_the_release_adamw(tmp_path):
@@ -380,9 +383,10 @@ def stages(tmp_path_factory):
     toy.ensure_toy_world(root / "toy", n_train=6, n_dev=2, n_test=1, n_shards=2)
     runs = {}
     # each stage starts from the previous one's runs/stageN/final; stage 1 also from the toy Whisper
+    # stage 1 keeps the toy Whisper frozen (the toy's default); stage 3 trains it, as the release does
     for stage in (0, "whisper", 1, 2, 3):
         before = {}
-        res = run_main(stage_args(root, stage), before)
+        res = run_main(stage_args(root, stage, *(["--no-freeze-encoder"] if stage == 3 else [])), before)
         runs[stage] = (before, res)
     return root, runs
 
@@ -395,14 +399,14 @@ def test_stage_trains_only_its_parameters_and_lowers_dev_loss(stages, stage):
     assert end < start, res["dev"]
     model = res["model"]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    intended = {n for n, _ in model.named_parameters() if train.is_trainable(stage, n)}
+    intended = {n for n, _ in model.named_parameters() if train.is_trainable(stage, n, train_encoder=stage == 3)}
     assert changed == intended, (sorted(changed ^ intended)[:5], len(changed), len(intended))
     parts = {n.split(".")[0] + (".lora" if ".lora_" in n else "") for n in intended}
     assert (
         parts
         == {
             0: {"model", "lm_head"},
-            1: {"encoder", "adapter", "speech_token_emded"},
+            1: {"adapter", "speech_token_emded"},
             2: {"llm.lora"},
             3: {"encoder", "adapter", "speech_token_emded", "llm.lora"},
         }[stage]
@@ -458,6 +462,26 @@ def test_next_stage_starts_from_previous_final(stages):
 # ----------------------------------------------------------------------------- resume, DDP
 
 
+def test_speech_side_and_lora_follow_their_own_peak_lr(stages):
+    """--speech-lr: encoder, adapter and speech rows in one AdamW group, LoRA in the other, each
+    warming up to its own peak (toy stage 3: LoRA 3e-3, speech 1e-3)."""
+    root, _ = stages
+    out = root / "two_lrs"
+    argv = stage_args(root, 3, "--out", str(out), "--steps", "1", "--eval-every", "0", "--save-every", "1")
+    argv += ["--init", str(root / "runs" / "stage2" / "final"), "--speech-lr", "5e-4", "--no-freeze-encoder"]
+    res = train.main(argv)
+    groups = torch.load(out / "step_0000001" / "train_state.pt", weights_only=True)["optimizer"]["param_groups"]
+    trainable = [n for n, p in res["model"].named_parameters() if p.requires_grad]
+    speech = [n for n in trainable if not n.startswith("llm.")]
+    by_peak = {g["peak_lr"]: (len(g["params"]), g["lr"]) for g in groups}
+    assert by_peak == {
+        2e-3: (len(trainable) - len(speech), train.warmup_lr(1, 2e-3, 2)),
+        5e-4: (len(speech), train.warmup_lr(1, 5e-4, 2)),
+    }
+    assert any(n.startswith("encoder.") for n in speech) and all(".lora_" in n for n in set(trainable) - set(speech))
+    assert train.parse_args(["--stage", "3"]).speech_lr == 1e-3 and train.parse_args(["--stage", "1"]).speech_lr is None
+
+
 def test_resume_continues_exactly_on_the_real_model(stages):
     # stage 3 on speech: encoder + adapter + LoRA, dropout, SpecAugment + SpecSub
     root, _ = stages
@@ -476,6 +500,7 @@ def test_resume_continues_exactly_on_the_real_model(stages):
             "--text-weight",
             "0",
             *init,
+            "--no-freeze-encoder",
             *extra,
         )
         return train.main(argv)
