@@ -233,8 +233,9 @@ def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
     md += [
         "",
         "Joint (our reading of the paper's 'direct joint training'): from the stage-0 toy LLM and toy",
-        "Whisper with a fresh adapter, encoder + adapter + LoRA trained at once for s1 + s2 + s3 steps on the",
-        "same batches the three stages see (train.py --joint, MixLoader), in a random order.",
+        "Whisper with a fresh adapter, adapter + LoRA (the toy Whisper frozen, as in stages 1 and 3)",
+        "trained at once for s1 + s2 + s3 steps on the same batches the three stages see (train.py",
+        "--joint, MixLoader), in a random order, LoRA at stage 3's lr and the speech side at stage 1's.",
         "",
     ]
     summed = f", summed over the {len(per_seed)} seeds" if len(per_seed) > 1 else ""

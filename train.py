@@ -481,7 +481,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--joint",
         action="store_true",
         help="with --stage 3: the ablation (direct joint training): from --llm and the toy Whisper with a fresh "
-        "adapter, encoder + adapter + LoRA on stages 1-3's batches at once (see MixLoader)",
+        "adapter, adapter + LoRA (+ encoder with --no-freeze-encoder) on stages 1-3's batches at once (see MixLoader)",
     )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
