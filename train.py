@@ -242,7 +242,7 @@ def train_loop(
     out = Path(args.out)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    speech_lr = args.lr if getattr(args, "speech_lr", None) is None else args.speech_lr
+    speech_lr = args.lr if args.speech_lr is None else args.speech_lr
     groups = {}  # peak lr -> parameters; each group follows the warm-up schedule from its own peak
     for n, p in zip(names, params):
         groups.setdefault(speech_lr if is_speech_side(n) and args.stage > 0 else args.lr, []).append(p)
