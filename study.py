@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
+import os
 import platform
 import shutil
 import statistics
@@ -56,10 +58,14 @@ def _done(folder: Path) -> bool:
     return (folder / "final" / "config.json").exists()
 
 
+def _name(stage) -> str:
+    """A training part's run folder: stage0, stage0-whisper, stage1, ..., joint."""
+    return {"joint": "joint", "whisper": "stage0-whisper"}.get(stage, f"stage{stage}")
+
+
 def train_part(stage: int | str, run_dir: Path, world: dict, seed: int, scale: float, threads: int) -> None:
     """One train.py run into run_dir/<stage>; `scale` shortens every schedule (tests)."""
-    joint, whisper = stage == "joint", stage == "whisper"
-    name = "joint" if joint else "stage0-whisper" if whisper else f"stage{stage}"
+    joint, whisper, name = stage == "joint", stage == "whisper", _name(stage)
     sched = train.TOY[stage]
     steps = max(2, round(sched["steps"] * scale))
     argv = ["--stage", "3" if joint else "0" if whisper else str(stage), "--out", str(run_dir / name)]
@@ -99,6 +105,25 @@ def infer_and_score(model_dir: Path, test_list: Path, kind: str, out: Path, thre
 # ----------------------------------------------------------------------------- one seed
 
 
+def _part_beside(stage, run_dir: Path, world: dict, seed: int, scale: float, threads: int, log: Path, done) -> None:
+    """A training part in a process of its own, beside the main one: its output goes to `log`;
+    it reports (seconds, None) or (None, the error) through `done`."""
+    with open(log, "w", buffering=1) as f:
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)  # C-level output too
+        sys.stdout = sys.stderr = f
+        t = time.time()
+        try:
+            train_part(stage, run_dir, world, seed, scale, threads)
+            done.put((round(time.time() - t, 1), None))
+        except BaseException as e:  # noqa: BLE001 (the parent says what failed, and where the log is)
+            done.put((None, f"{type(e).__name__}: {e}"))
+
+
+# Training parts, in the order they can run: two chains at a time, the second beside the first
+# when there are two jobs (the toy Whisper beside the toy LLM; the ablation beside stages 1-3).
+CHAINS = (((0,), ("whisper",)), ((1, 2, 3), ("joint",)))
+
+
 def run_seed(args, seed: int, run_dir: Path, world: dict, times: dict) -> dict:
     """Stages 0-3, the ablation, inference and scores for one training seed -> {model: report}."""
 
@@ -107,20 +132,46 @@ def run_seed(args, seed: int, run_dir: Path, world: dict, times: dict) -> dict:
     record = run_dir / "times.json"
     took = json.loads(record.read_text()) if record.exists() else {}
 
+    def keep(part: str, seconds: float) -> None:
+        took[part] = seconds
+        atomic_write(record, json.dumps(took, indent=1) + "\n")
+        print(f"[study] seed {seed} {part}: {seconds:.1f} s", flush=True)
+
     def timed(part: str, fn):
         t = time.time()
         result = fn()
-        took[part] = round(time.time() - t, 1)
-        atomic_write(record, json.dumps(took, indent=1) + "\n")
-        print(f"[study] seed {seed} {part}: {took[part]:.1f} s", flush=True)
+        keep(part, round(time.time() - t, 1))
         return result
 
-    for stage in (0, "whisper", 1, 2, 3, "joint"):
-        name = {"joint": "joint", "whisper": "stage0-whisper"}.get(stage, f"stage{stage}")
-        if not _done(run_dir / name):
-            timed(name, lambda s=stage: train_part(s, run_dir, world, seed, args.scale, args.threads))
-        elif name in took:
-            print(f"[study] seed {seed} {name}: done before ({took[name]:.1f} s)", flush=True)
+    def train_chain(chain) -> None:
+        for stage in chain:
+            name = _name(stage)
+            if not _done(run_dir / name):
+                timed(name, lambda s=stage: train_part(s, run_dir, world, seed, args.scale, args.threads))
+            elif name in took:
+                print(f"[study] seed {seed} {name}: done before ({took[name]:.1f} s)", flush=True)
+
+    ctx = multiprocessing.get_context("spawn")
+    for main_chain, (beside,) in CHAINS:
+        name = _name(beside)
+        child = None
+        if args.jobs > 1 and not _done(run_dir / name):  # one single-stage chain beside the main one
+            log, done = run_dir / f"{name}.log", ctx.SimpleQueue()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            child = ctx.Process(
+                target=_part_beside, args=(beside, run_dir, world, seed, args.scale, args.threads, log, done)
+            )
+            child.start()
+            print(f"[study] seed {seed} {name}: training beside {_name(main_chain[0])} (its log: {log})", flush=True)
+        train_chain(main_chain)
+        if child is None:
+            train_chain((beside,))
+            continue
+        child.join()
+        seconds, error = done.get() if not done.empty() else (None, f"exit code {child.exitcode}")
+        if error is not None:
+            raise SystemExit(f"[study] seed {seed} {name} failed ({error}); its log: {log}")
+        keep(name, seconds)
     reports = {}
     for name, (folder, kind) in MODELS.items():
         out = run_dir / "eval" / f"{name}.jsonl"
@@ -163,13 +214,14 @@ def _mean_spread(values: list) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
+def write_report(root: Path, per_seed: list[dict], times: dict, args, wall: float) -> dict:
     """report.json + report.md: the tables in the paper's layouts, toy beside paper."""
     import ifr_eval
 
     hardware = {
         "cpu": _cpu_name(),
         "threads": args.threads,
+        "jobs": args.jobs,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -182,7 +234,7 @@ def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
         "mean": {n: {k: _mean([h[n][k] for h in heads]) for k in keys} for n in MODELS},
         "std": {n: {k: _std([h[n][k] for h in heads]) for k in keys} for n in MODELS},
     }
-    report = {"models": per_seed[0], "time_s": times, "hardware": hardware, "seeds": seeds}
+    report = {"models": per_seed[0], "time_s": times, "wall_s": wall, "hardware": hardware, "seeds": seeds}
     (root / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     ms = lambda name, key: _mean_spread([h[name][key] for h in heads])  # noqa: E731
     n_seeds = f"{len(per_seed)} seed{'s' if len(per_seed) > 1 else ''} (mean ± sd)"
@@ -240,7 +292,8 @@ def write_report(root: Path, per_seed: list[dict], times: dict, args) -> dict:
     ]
     summed = f", summed over the {len(per_seed)} seeds" if len(per_seed) > 1 else ""
     md += [f"## Time (s{summed})", "", "| part | s |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()]
-    md += [f"| all | {sum(times.values()):.1f} |", "", f"Hardware: {hardware}", ""]
+    md += [f"| all parts | {sum(times.values()):.1f} |", f"| wall (this command, {args.jobs} jobs) | {wall:.1f} |"]
+    md += ["", f"Hardware: {hardware}", ""]
     md += ["## ifr_eval.py tables (first seed)", "", ifr_eval.tables_markdown(per_seed[0])]
     (root / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return report
@@ -333,6 +386,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, default=1, help="repeat the study with this many training seeds")
     p.add_argument("--fresh", action="store_true", help="delete the runs and start again")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core CPU)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="training processes at once (2: the toy Whisper beside the toy LLM, the ablation beside "
+                   "stages 1-3), each with --threads")  # fmt: skip
     p.add_argument("--scale", type=float, default=1.0, help="multiply every schedule's steps (tests: 0.01)")
     p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=(80, 5, 10),
                    help="toy utterances per task combination and split")  # fmt: skip
@@ -349,11 +405,12 @@ def main(argv=None) -> dict:
     world = ensure_toy_world(args.toy_dir, n_train=n_train, n_dev=n_dev, n_test=n_test)
     times["toy world"] = round(time.time() - t, 1)
     per_seed = [run_seed(args, args.seed + i, d, world, times) for i, d in enumerate(run_dirs)]
-    report = write_report(root, per_seed, times, args)
+    report = write_report(root, per_seed, times, args, wall=round(time.time() - t, 1))
     plots = plot(root, run_dirs, per_seed)
     print((root / "report.md").read_text(encoding="utf-8"))
     print(f"[study] wrote {root / 'report.md'}, {root / 'report.json'}" + "".join(f", {q}" for q in plots))
-    print(f"[study] time: {', '.join(f'{k} {v:.0f} s' for k, v in times.items())}; all {sum(times.values()):.0f} s")
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+    print(f"[study] time: {parts}; parts summed {sum(times.values()):.0f} s, wall {report['wall_s']:.0f} s")
     return report
 
 

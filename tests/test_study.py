@@ -3,6 +3,8 @@ report; its splits are disjoint (speakers, utterances, phrasings); a short stage
 for a seed. The full study is not run here (minutes); README gives its numbers."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -97,3 +99,17 @@ def test_short_stage_run_identical_for_a_seed(tiny_study, tmp_path):
     logs = [(tmp_path / r / "stage0" / "log.jsonl").read_text() for r in ("a", "b")]
     strip = lambda t: [{k: v for k, v in json.loads(x).items() if k != "step_time"} for x in t.splitlines()]  # noqa: E731
     assert strip(logs[0]) == strip(logs[1])
+
+
+def test_part_trained_beside_matches_trained_alone(tiny_study, tmp_path):
+    """The study trains the ablation in a process of its own beside stages 1-3 (--jobs 2): the same
+    weights as training it in this process, from the same stage-0 models."""
+    root, argv, report = tiny_study
+    assert report["hardware"]["jobs"] == min(2, os.cpu_count() or 1) and report["wall_s"] > 0
+    out = root / "runs" / "toy"
+    for part in ("stage0", "stage0-whisper"):
+        shutil.copytree(out / part, tmp_path / part)
+    study.train_part("joint", tmp_path, toy.toy_paths(root / "toy"), seed=1234, scale=0.01, threads=1)
+    a = load_file(out / "joint" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "joint" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
