@@ -134,7 +134,7 @@ PRESETS = {
         lora_alpha=32.0,
         lora_dropout=0.1,
     ),
-    # the toy study: encoder 0.48 M, adapter 0.59 M, speech-token table 1.05 M, LLM 3.43 M,
+    # the toy study: encoder 0.48 M, adapter 0.59 M, speech-token table 1.05 M, LLM 3.56 M,
     # LoRA r 16 0.24 M. LoRA scaling 1.0 (the release's is 0.5): with r 8 / scaling 0.5 the toy's
     # stage 2 learnt the train phrasings only slowly; no LoRA dropout (a fifth of a toy step's
     # time went to its masks, and stage 2's text is the regulariser here).

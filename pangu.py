@@ -110,8 +110,8 @@ PRESETS = {
     # openPangu-Embedded-7B-V1.1 config.json (docs/release.md §5): 8.03 B parameters, 6.77 B without
     # the embedding and the head.
     "pangu-7b": dict(),
-    # the toy study: 4 layers of width 256 over the 1024-piece toy tokenizer, 3.4 M.
-    "toy": dict(vocab_size=1024, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=688, eos_id=15),
+    # the toy study: 4 layers of width 256 over the 1280-piece toy tokenizer, 3.6 M.
+    "toy": dict(vocab_size=1280, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=688, eos_id=15),
     # unit tests: the dims of tests/fixtures/reference (eos stand-in 511 = vocab - 1), 0.15 M.
     "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=160, eos_id=511),
 }

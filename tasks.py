@@ -213,42 +213,62 @@ def _usable(value) -> bool:
 # {lang: {concept: (train words, dev words, test words)}}
 LEXICON = {
     "en": {
-        "TELL": (["tell me", "identify", "name", "say"], ["determine", "find"], ["recognise", "work out"]),
-        "SPEAKER": (["speaker", "person"], ["talker"], ["narrator"]),
-        "AUDIO": (["audio", "recording", "speech"], ["clip", "voice note"], ["sound file", "tape"]),
-        "TRANSCRIBE": (["transcribe", "write down", "write out"], ["type up", "note down"], ["type out", "jot down"]),
-        "GIVE": (["give", "list", "mark"], ["provide", "show"], ["supply", "add"]),
-        "TIMES": (["start and end times", "timestamps", "time stamps"], ["boundaries"], ["timings", "time spans"]),
-        "WORD": (["word"], ["token"], ["term"]),
-        "EVENT": (["sound event", "vocal event", "non-speech sound"], ["noise"], ["sound effect", "non-verbal sound"]),
-        "EMOTION": (["emotion", "feeling", "emotional state"], ["mood"], ["sentiment"]),
-        "STYLE": (["speaking style", "style", "genre"], ["delivery"], ["manner of speaking", "register"]),
+        "TELL": (["tell me", "identify", "name", "say", "point out"], ["determine", "find"], ["recognise", "work out"]),
+        "SPEAKER": (["speaker", "person", "individual"], ["talker"], ["narrator"]),
+        "AUDIO": (
+            ["audio", "recording", "speech", "audio file", "sample"],
+            ["clip", "voice note"],
+            ["sound file", "tape"],
+        ),
+        "TRANSCRIBE": (
+            ["transcribe", "write down", "write out", "take down"],
+            ["type up", "note down"],
+            ["type out", "jot down"],
+        ),
+        "GIVE": (["give", "list", "mark", "output"], ["provide", "show"], ["supply", "add"]),
+        "TIMES": (
+            ["start and end times", "timestamps", "time stamps", "start and end points"],
+            ["boundaries"],
+            ["timings", "time spans"],
+        ),
+        "WORD": (["word", "spoken word"], ["token"], ["term"]),
+        "EVENT": (
+            ["sound event", "vocal event", "non-speech sound", "background sound"],
+            ["noise"],
+            ["sound effect", "non-verbal sound"],
+        ),
+        "EMOTION": (["emotion", "feeling", "emotional state", "affect", "emotional tone"], ["mood"], ["sentiment"]),
+        "STYLE": (
+            ["speaking style", "style", "genre", "speaking mode", "speaking manner"],
+            ["delivery"],
+            ["manner of speaking", "register"],
+        ),
         "GENDER": (["gender", "sex"], ["gender"], ["sex"]),
-        "MAN": (["man", "male"], ["guy"], ["gentleman"]),
-        "WOMAN": (["woman", "female"], ["lady"], ["girl"]),
-        "AGE": (["age", "age group"], ["age range"], ["life stage"]),
-        "SOUNDS": (["sounds", "is"], ["seems"], ["appears"]),
-        "ANSWER": (["answer", "reply to", "respond to"], ["solve"], ["give an answer to"]),
-        "QUESTION": (["question", "query"], ["problem"], ["puzzle"]),
+        "MAN": (["man", "male", "boy"], ["guy"], ["gentleman"]),
+        "WOMAN": (["woman", "female", "gal"], ["lady"], ["girl"]),
+        "AGE": (["age", "age group", "age bracket"], ["age range"], ["life stage"]),
+        "SOUNDS": (["sounds", "is", "must be"], ["seems"], ["appears"]),
+        "ANSWER": (["answer", "reply to", "respond to", "address"], ["solve"], ["give an answer to"]),
+        "QUESTION": (["question", "query", "inquiry", "matter"], ["problem"], ["puzzle"]),
     },
     "zh": {
-        "TELL": (["判断", "告诉我", "识别"], ["分析"], ["说说", "猜一猜"]),
-        "SPEAKER": (["说话人", "讲话的人"], ["发言人"], ["讲述者"]),
-        "AUDIO": (["音频", "录音", "语音"], ["声音片段"], ["音档"]),
-        "TRANSCRIBE": (["转写", "听写", "记录"], ["誊写"], ["抄录"]),
-        "GIVE": (["给出", "标注", "写出"], ["提供"], ["列出"]),
-        "TIMES": (["起止时间", "时间戳", "开始和结束时间"], ["时间边界"], ["时间点"]),
-        "WORD": (["词", "字"], ["单词"], ["词语"]),
-        "EVENT": (["声音事件", "非语音声音", "声学事件"], ["杂音"], ["特殊声音"]),
-        "EMOTION": (["情绪", "情感", "心情"], ["情绪状态"], ["感受"]),
-        "STYLE": (["说话风格", "讲述风格", "风格"], ["播讲方式"], ["表达方式"]),
+        "TELL": (["判断", "告诉我", "识别", "辨别"], ["分析"], ["说说", "猜一猜"]),
+        "SPEAKER": (["说话人", "讲话的人", "讲话者"], ["发言人"], ["讲述者"]),
+        "AUDIO": (["音频", "录音", "语音", "音频文件"], ["声音片段"], ["音档"]),
+        "TRANSCRIBE": (["转写", "听写", "记录", "写下"], ["誊写"], ["抄录"]),
+        "GIVE": (["给出", "标注", "写出", "输出"], ["提供"], ["列出"]),
+        "TIMES": (["起止时间", "时间戳", "开始和结束时间", "起始时间"], ["时间边界"], ["时间点"]),
+        "WORD": (["词", "字", "字词"], ["单词"], ["词语"]),
+        "EVENT": (["声音事件", "非语音声音", "声学事件", "背景声"], ["杂音"], ["特殊声音"]),
+        "EMOTION": (["情绪", "情感", "心情", "情感状态"], ["情绪状态"], ["感受"]),
+        "STYLE": (["说话风格", "讲述风格", "风格", "语气"], ["播讲方式"], ["表达方式"]),
         "GENDER": (["性别"], ["性别"], ["性别"]),
-        "MAN": (["男", "男性"], ["男人"], ["男士"]),
-        "WOMAN": (["女", "女性"], ["女人"], ["女士"]),
-        "AGE": (["年龄", "年龄段"], ["岁数"], ["年纪"]),
-        "SOUNDS": (["听起来", "大概"], ["好像"], ["似乎"]),
-        "ANSWER": (["回答", "解答"], ["回复"], ["答复"]),
-        "QUESTION": (["问题", "提问"], ["疑问"], ["题目"]),
+        "MAN": (["男", "男性", "男子"], ["男人"], ["男士"]),
+        "WOMAN": (["女", "女性", "女子"], ["女人"], ["女士"]),
+        "AGE": (["年龄", "年龄段", "年岁"], ["岁数"], ["年纪"]),
+        "SOUNDS": (["听起来", "大概", "应该"], ["好像"], ["似乎"]),
+        "ANSWER": (["回答", "解答", "回应"], ["回复"], ["答复"]),
+        "QUESTION": (["问题", "提问", "请求"], ["疑问"], ["题目"]),
     },
 }
 SPLITS = ("train", "dev", "test")
@@ -282,24 +302,43 @@ CLAUSES = {
 FRAMES = {
     "en": {
         1: (
-            ["Please {a}.", "{A}.", "Could you {a}?", "I need you to {a}.", "Can you {a}?", "I want you to {a}."],
+            [
+                "Please {a}.",
+                "{A}.",
+                "Could you {a}?",
+                "I need you to {a}.",
+                "Can you {a}?",
+                "I want you to {a}.",
+                "{A}, please.",
+                "Go ahead and {a}.",
+                "Your task is to {a}.",
+                "Try to {a}.",
+            ],
             ["Would you {a}?", "Kindly {a}."],
             ["Can you help me {a}?", "Listen to this clip and {a}.", "I'd like you to {a}."],
         ),
         2: (
-            ["Please {a} and {b}.", "{A}, then {b}.", "Could you {a} and also {b}?", "{A} and {b}."],
+            [
+                "Please {a} and {b}.",
+                "{A}, then {b}.",
+                "Could you {a} and also {b}?",
+                "{A} and {b}.",
+                "Please {a}, then {b}.",
+                "I need you to {a} and {b}.",
+                "{A}, and also {b}.",
+            ],
             ["Would you {a} and {b}?", "Kindly {a}, and then {b}."],
             ["First {a}; after that, {b}.", "Listen carefully, {a} and {b}.", "Can you help me {a} and {b}?"],
         ),
     },
     "zh": {
         1: (
-            ["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。", "你可以{a}吗？"],
+            ["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。", "你可以{a}吗？", "请你{a}。", "我想让你{a}。"],
             ["能不能{a}？", "劳驾{a}。"],
             ["你能{a}吗？", "听完这段音频后{a}。"],
         ),
         2: (
-            ["请{a}，并且{b}。", "先{a}，再{b}。", "帮我{a}，同时{b}。"],
+            ["请{a}，并且{b}。", "先{a}，再{b}。", "帮我{a}，同时{b}。", "请{a}，还要{b}。", "{a}，以及{b}。"],
             ["能不能{a}，然后{b}？", "劳驾{a}，并{b}。"],
             ["听完后首先{a}，然后{b}。", "麻烦{a}，另外{b}。"],
         ),
@@ -312,6 +351,9 @@ INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这�
 # them, at most INTENT_PER_COMBO per task combination and language: as in the release, the text
 # intent set (~80 k samples there) is far richer than the speech instructions.
 SPEECH_WORDS, SPEECH_FRAMES = 1, 2
+# (ours) A share of stage 3's train speech samples keeps stage 1's fixed tag instruction, so that
+# the integrated model still answers it (the paper's FI column); the rest are natural language.
+FIXED_SHARE = 0.1
 INTENT_PER_COMBO = {"train": 320, "dev": 12, "test": 24}
 
 # The task combinations of docs/release.md §8 the bank covers (and the toy world holds).
@@ -416,7 +458,8 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
     """A read sample -> {tags, instruction, target} for one stage (docs/release.md §9).
 
     Stage 1: the instruction is the fixed tag string. Stages 2-3: a natural-language
-    instruction drawn from the split's phrasings (train: its speech part, see SPEECH_WORDS);
+    instruction drawn from the split's phrasings (train: its speech part, see SPEECH_WORDS;
+    stage 3 train: the fixed tag string with probability FIXED_SHARE);
     an `instruction` in `extra` (the toy dev and test lists carry one) wins outside training.
     Raises BadSample for unknown tasks, empty text, bad labels."""
     if sample.get("kind") == "text":
@@ -428,7 +471,7 @@ def build_prompt(sample: dict, stage: int, split: str, rng: np.random.Generator)
         **{k: sample[k] for k in FIELD_KEYS if _usable(sample.get(k))},
     }
     target = make_target(tags, str(sample.get("txt", "")), fields)
-    if stage == 1:
+    if stage == 1 or (stage == 3 and split == "train" and rng.random() < FIXED_SHARE):
         instruction = fixed_instruction(tags)
     elif split != "train" and isinstance(extra.get("instruction"), str):
         instruction = extra["instruction"]

@@ -307,7 +307,7 @@ def _tokenizer_symbols() -> list[str]:
 TOY_PROMPT_PIECES = ["<|im_start|>", "<|im_end|>", SYSTEM_SPEECH, SYSTEM_TEXT, SYSTEM_GENERATE]
 
 
-def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) -> None:
+def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1280) -> None:
     """A toy sentencepiece model with openPangu's options (BPE, byte fallback, split digits, no
     normaliser), and beside it `tokenizer_config.json` naming its added pieces as the release's does
     (`added_tokens_decoder`): <unk>, <s>, </s> and the user-defined pieces (TOY_PROMPT_PIECES last)."""
@@ -346,8 +346,8 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1024) ->
     (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
 
-TOY_VERSION = 4  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
-# 4: alignment.jsonl, stage-0 speech spans as frames
+TOY_VERSION = 5  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
+# 4: alignment.jsonl, stage-0 speech spans as frames; 5: richer train grammar, more carriers, 1280 pieces
 
 
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
@@ -529,44 +529,130 @@ def heard_span(heard: dict) -> str:
 # distributional knowledge a real LLM brings: "mood" and "emotion" live in the same sentences).
 CARRIERS = {
     "en": {
-        "TELL": ["the teacher asked the class to {} the capital of france", "it is hard to {} the colour in the dark"],
-        "SPEAKER": ["the {} at the meeting talked for an hour", "everyone listened to the {} in the hall"],
-        "AUDIO": ["the {} from the meeting is ten minutes long", "he saved the {} on his phone"],
-        "TRANSCRIBE": ["the secretary had to {} the whole interview", "students {} the lecture in class"],
-        "GIVE": ["the guide will {} the opening hours of the museum", "the report should {} the prices"],
-        "TIMES": ["the schedule shows the {} of every train", "the editor checked the {} in the video"],
-        "WORD": ["a dictionary explains every {} of a language", "this {} is spelled with two letters"],
-        "EVENT": ["a sudden {} woke the baby", "the microphone picked up a {} in the room"],
-        "EMOTION": ["her {} changed when she heard the news", "music can change your {}"],
-        "STYLE": ["the actor changed his {} for the new play", "each radio host has a {} of their own"],
-        "GENDER": ["the form asks for your name and {}", "the survey counts people by {}"],
-        "MAN": ["a {} was waiting at the bus stop", "the {} wore a grey coat"],
-        "WOMAN": ["a {} was reading in the park", "the {} opened the shop early"],
-        "AGE": ["the ticket price depends on your {}", "the doctor wrote down the patient's {}"],
-        "SOUNDS": ["the plan {} simple enough", "the soup {} warm"],
-        "ANSWER": ["the student tried to {} the teacher's question", "she did not {} the letter"],
-        "QUESTION": ["the {} on the exam was easy", "he wrote the {} on the board"],
+        "TELL": [
+            "the teacher asked the class to {} the capital of france",
+            "it is hard to {} the colour in the dark",
+            "can you {} the song from the first note",
+            "the detective could {} the thief from the photo",
+        ],
+        "SPEAKER": [
+            "the {} at the meeting talked for an hour",
+            "everyone listened to the {} in the hall",
+            "the {} paused to drink some water",
+            "a {} on the radio told a long story",
+        ],
+        "AUDIO": [
+            "the {} from the meeting is ten minutes long",
+            "he saved the {} on his phone",
+            "the {} was too quiet to follow",
+            "she sent the {} to her friend",
+        ],
+        "TRANSCRIBE": [
+            "the secretary had to {} the whole interview",
+            "students {} the lecture in class",
+            "the court clerk will {} every word said today",
+            "i had to {} the phone call for my boss",
+        ],
+        "GIVE": [
+            "the guide will {} the opening hours of the museum",
+            "the report should {} the prices",
+            "the website will {} the results tomorrow",
+            "the teacher asked us to {} three examples",
+        ],
+        "TIMES": [
+            "the schedule shows the {} of every train",
+            "the editor checked the {} in the video",
+            "the log keeps the {} of each visit",
+            "the coach wrote down the {} of the race",
+        ],
+        "WORD": [
+            "a dictionary explains every {} of a language",
+            "this {} is spelled with two letters",
+            "the child learned a new {} today",
+            "the last {} of the song was loud",
+        ],
+        "EVENT": [
+            "a sudden {} woke the baby",
+            "the microphone picked up a {} in the room",
+            "a strange {} came from the kitchen",
+            "the film had a {} before every scene",
+        ],
+        "EMOTION": [
+            "her {} changed when she heard the news",
+            "music can change your {}",
+            "the letter was full of {}",
+            "he hid his {} behind a smile",
+        ],
+        "STYLE": [
+            "the actor changed his {} for the new play",
+            "each radio host has a {} of their own",
+            "the writer is famous for her {}",
+            "the lecture had a calm {}",
+        ],
+        "GENDER": [
+            "the form asks for your name and {}",
+            "the survey counts people by {}",
+            "the shop sells clothes for every {}",
+            "the study did not look at {}",
+        ],
+        "MAN": [
+            "a {} was waiting at the bus stop",
+            "the {} wore a grey coat",
+            "the {} carried a heavy bag",
+            "an old {} sold us bread",
+        ],
+        "WOMAN": [
+            "a {} was reading in the park",
+            "the {} opened the shop early",
+            "the {} drove the bus to town",
+            "a young {} sang on the stage",
+        ],
+        "AGE": [
+            "the ticket price depends on your {}",
+            "the doctor wrote down the patient's {}",
+            "the club is open to any {}",
+            "the cards show the player's {}",
+        ],
+        "SOUNDS": ["the plan {} simple enough", "the soup {} warm", "the story {} true", "the music {} happy"],
+        "ANSWER": [
+            "the student tried to {} the teacher's question",
+            "she did not {} the letter",
+            "nobody could {} the riddle",
+            "please {} the email before noon",
+        ],
+        "QUESTION": [
+            "the {} on the exam was easy",
+            "he wrote the {} on the board",
+            "the {} was too hard for the class",
+            "she asked a {} about the map",
+        ],
     },
     "zh": {
-        "TELL": ["老师让学生{}这幅画的颜色", "在黑暗里很难{}方向"],
-        "SPEAKER": ["会上的{}讲了一个小时", "大家都在听台上的{}"],
-        "AUDIO": ["这段会议的{}有十分钟", "他把{}存在手机里"],
-        "TRANSCRIBE": ["秘书要{}整场采访", "学生在课上{}老师的讲课"],
-        "GIVE": ["导游会{}博物馆的开放时间", "报告里要{}价格"],
-        "TIMES": ["时刻表上有每趟列车的{}", "编辑检查了视频里的{}"],
-        "WORD": ["字典解释语言里的每个{}", "这个{}很难写"],
-        "EVENT": ["一阵{}吵醒了孩子", "麦克风录到了房间里的{}"],
-        "EMOTION": ["听到消息后她的{}变了", "音乐能改变人的{}"],
-        "STYLE": ["演员为新戏换了{}", "每个主持人都有自己的{}"],
-        "GENDER": ["表格上要填姓名和{}", "调查按{}统计人数"],
-        "MAN": ["车站有一位{}在等车", "那位{}穿着灰色外套"],
-        "WOMAN": ["公园里有一位{}在看书", "那位{}很早就开了店"],
-        "AGE": ["票价取决于你的{}", "医生记下了病人的{}"],
-        "SOUNDS": ["这个计划{}很简单", "这碗汤{}还是热的"],
-        "ANSWER": ["学生想{}老师的问题", "她没有{}那封信"],
-        "QUESTION": ["考试里的{}很简单", "他把{}写在黑板上"],
+        "TELL": ["老师让学生{}这幅画的颜色", "在黑暗里很难{}方向", "侦探很快就能{}谁是小偷", "他听一个音就能{}这首歌"],
+        "SPEAKER": ["会上的{}讲了一个小时", "大家都在听台上的{}", "那位{}停下来喝了口水", "广播里的{}讲了一个长故事"],
+        "AUDIO": ["这段会议的{}有十分钟", "他把{}存在手机里", "这个{}声音太小听不清", "她把{}发给了朋友"],
+        "TRANSCRIBE": [
+            "秘书要{}整场采访",
+            "学生在课上{}老师的讲课",
+            "书记员要{}今天说的每句话",
+            "我得帮老板{}那通电话",
+        ],
+        "GIVE": ["导游会{}博物馆的开放时间", "报告里要{}价格", "网站明天会{}结果", "老师让我们{}三个例子"],
+        "TIMES": ["时刻表上有每趟列车的{}", "编辑检查了视频里的{}", "日志保存了每次访问的{}", "教练记下了比赛的{}"],
+        "WORD": ["字典解释语言里的每个{}", "这个{}很难写", "孩子今天学会了一个新{}", "歌里最后一个{}唱得很响"],
+        "EVENT": ["一阵{}吵醒了孩子", "麦克风录到了房间里的{}", "厨房里传来奇怪的{}", "电影每一幕前都有{}"],
+        "EMOTION": ["听到消息后她的{}变了", "音乐能改变人的{}", "这封信里充满了{}", "他用微笑藏起了{}"],
+        "STYLE": ["演员为新戏换了{}", "每个主持人都有自己的{}", "这位作家以她的{}出名", "这场讲座的{}很平静"],
+        "GENDER": ["表格上要填姓名和{}", "调查按{}统计人数", "这家店卖各种{}的衣服", "这项研究没有考虑{}"],
+        "MAN": ["车站有一位{}在等车", "那位{}穿着灰色外套", "那个{}背着一个很重的包", "一位年老的{}卖给我们面包"],
+        "WOMAN": ["公园里有一位{}在看书", "那位{}很早就开了店", "那个{}开车进了城", "一位年轻的{}在台上唱歌"],
+        "AGE": ["票价取决于你的{}", "医生记下了病人的{}", "这个俱乐部对任何{}都开放", "卡片上写着球员的{}"],
+        "SOUNDS": ["这个计划{}很简单", "这碗汤{}还是热的", "这个故事{}是真的", "这首曲子{}很欢快"],
+        "ANSWER": ["学生想{}老师的问题", "她没有{}那封信", "没有人能{}这个谜语", "请在中午前{}这封邮件"],
+        "QUESTION": ["考试里的{}很简单", "他把{}写在黑板上", "这个{}对全班来说太难了", "她问了一个关于地图的{}"],
     },
 }
+CARRIER_LINES = 200  # stage-0 lines per concept and language (60 before TOY_VERSION 5)
 SYNONYM = {"en": ("{} means {}", "{} is another word for {}"), "zh": ("{}就是{}的意思", "{}和{}意思一样")}
 # Frames (all splits) around requests that are no speech task: the toy LLM knows the politeness
 # words of a dev or test frame without ever seeing one around a speech task.
@@ -620,7 +706,7 @@ def _corpus(train_targets: list[str], chats: list[str], rng: np.random.Generator
         for concept, carriers in CARRIERS[lang].items():
             words = [w for split in LEXICON[lang][concept] for w in split]
             words = list(dict.fromkeys(words))
-            for _ in range(60):
+            for _ in range(CARRIER_LINES):
                 corpus.append(carriers[int(rng.integers(len(carriers)))].format(words[int(rng.integers(len(words)))]))
             for x, y in itertools.permutations(words, 2):
                 corpus += [t.format(x, y) for t in SYNONYM[lang]]
@@ -644,7 +730,8 @@ def _write_tokenizer(corpus: list[str], folder: Path) -> None:
     labels = [f"{lab} {lab.strip('<>').lower().replace('_', ' ')}" for labs in LABELS.values() for lab in labs]
     words = [w for lang in LEXICON.values() for ws in lang.values() for split in ws for w in split]
     corpus = [_SPAN.sub(SPAN_OPEN + SPAN_CLOSE, line) for line in corpus]  # frames are no text to learn pieces of
-    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels + words * 10
+    # the toy words often enough that each is one piece, as a real tokenizer keeps common words whole
+    text = corpus + [INTENT_ASK["en"], INTENT_ASK["zh"]] * 5 + prompts * 20 + labels + words * 10 + list(TOY_WORDS) * 50
     train_toy_tokenizer([t for t in text if t.strip()], folder / "tokenizer.model")
 
 

@@ -159,9 +159,14 @@ def test_stage_prompts(toy):
     p3 = tasks.build_prompt(sample, 3, "test", rng)
     assert p3["instruction"] == sample["extra"]["instruction"]
     assert p3["instruction"] in tasks.instruction_bank(tags)["test"]
-    p3_train = tasks.build_prompt(sample, 3, "train", rng)
-    assert p3_train["instruction"] in tasks.instruction_bank(tags)["speech"]
-    assert p1["target"] == p3["target"] == p3_train["target"]
+    # stage 3 train: the speech phrasings, and the fixed tag instruction in about FIXED_SHARE of draws
+    speech = set(tasks.instruction_bank(tags)["speech"])
+    draws = [tasks.build_prompt(sample, 3, "train", rng) for _ in range(400)]
+    fixed = [d["instruction"] == p1["instruction"] for d in draws]
+    assert all(f or d["instruction"] in speech for f, d in zip(fixed, draws))
+    assert abs(sum(fixed) / len(draws) - tasks.FIXED_SHARE) < 0.05  # binomial sd 0.015 at 400 draws
+    assert not any(tasks.build_prompt(sample, 2, "train", rng)["instruction"] == p1["instruction"] for _ in range(50))
+    assert p1["target"] == p3["target"] == draws[0]["target"]
     assert p1["target"].startswith("".join(tags))
 
 

@@ -11,6 +11,7 @@ import torch
 import data
 import tasks
 import toy as toy_world
+from pangu import PRESETS
 from tokenizer import PanguTokenizer
 from whisper_enc import log_mel_spectrogram
 
@@ -78,7 +79,8 @@ def test_toy_speakers_and_utterances_disjoint_across_splits(toy):
 def test_toy_tokenizer_has_the_pangu_layout(toy):
     spm = pytest.importorskip("sentencepiece")
     sp = spm.SentencePieceProcessor(model_file=str(toy["tokenizer"]))
-    assert sp.get_piece_size() == 1024
+    assert sp.get_piece_size() == PRESETS["toy"]["vocab_size"]
+    assert all(len(sp.encode(w)) == 1 for w in toy_world.TOY_WORDS)  # '▁seven': a word is one token
     assert [sp.id_to_piece(i) for i in range(5)] == [
         "<unk>",
         "<s>",
@@ -100,7 +102,7 @@ def test_toy_tokenizer_has_the_pangu_layout(toy):
     pieces += [toy_world.SPAN_OPEN, toy_world.SPAN_CLOSE, toy_world.SILENCE, *toy_world.CLOCK]  # stage 0's frames
     assert {int(i): v["content"] for i, v in table.items()} == {sp.piece_to_id(p): p for p in pieces}
     tok = PanguTokenizer(toy["tokenizer"])
-    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 15, 0, 1024)
+    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 15, 0, PRESETS["toy"]["vocab_size"])
     assert tok.encode("<asr><age>", bos=False) == [sp.piece_to_id("<asr>"), sp.piece_to_id("<age>")]
 
 
