@@ -163,7 +163,13 @@ def run_seed(args, seed: int, run_dir: Path, world: dict, times: dict) -> dict:
             )
             child.start()
             print(f"[study] seed {seed} {name}: training beside {_name(main_chain[0])} (its log: {log})", flush=True)
-        train_chain(main_chain)
+        try:
+            train_chain(main_chain)
+        except BaseException:  # a failed or interrupted main chain takes the part beside it down too
+            if child is not None:
+                child.terminate()
+                child.join()
+            raise
         if child is None:
             train_chain((beside,))
             continue
