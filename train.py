@@ -61,7 +61,7 @@ TOY = {
     3: dict(lr=3e-3, warmup=20, steps=300, speech_lr=1e-3),
 }
 ATTRIBUTE_WEIGHT = 0.1  # the toy Whisper's attribute heads beside its sound head (whisper_step)
-TOY["whisper"] = dict(lr=3e-3, warmup=30, steps=500)  # stage 0, --part whisper
+TOY["whisper"] = dict(lr=3e-3, warmup=30, steps=2500)  # stage 0, --part whisper (beside the LLM: ~200 s of its ~500)
 TOY["joint"] = dict(  # each part at the lr of its decoupled stage
     lr=TOY[3]["lr"], speech_lr=TOY[1]["lr"], warmup=TOY[1]["warmup"], steps=sum(TOY[s]["steps"] for s in (1, 2, 3))
 )

@@ -272,3 +272,50 @@ def test_toy_whisper_targets_follow_the_alignment(toy):
 def test_toy_whisper_without_an_alignment_says_which_file(tmp_path):
     with pytest.raises(SystemExit, match="alignment.jsonl is missing"):
         toy_world.read_alignment(tmp_path / "alignment.jsonl")
+
+
+def test_toy_layout_is_where_the_audio_sounds():
+    """An utterance's layout, drawn before its audio (and all a stage-0 reading line uses), is
+    where the rendered audio sounds: energy at each word's and the event's middle, silence in the
+    middle of each pause of at least 40 ms, and the length the layout says."""
+    rng = np.random.default_rng(3)
+    sr = toy_world.SAMPLE_RATE
+
+    def rms(audio, t):  # 10 ms around t
+        i = int(t * sr)
+        return float(np.sqrt(np.mean(audio[i - 80 : i + 80] ** 2)))
+
+    checked = 0
+    for age in toy_world.TOY_LABELS["<age>"]:
+        for style in toy_world.TOY_LABELS["<style>"]:
+            for event in (None, *toy_world.TOY_LABELS["<caption>"]):
+                words = [toy_world.TOY_WORDS[int(j)] for j in rng.integers(0, 20, 4)]
+                layout = toy_world._toy_layout(rng, words, age, style, event)
+                audio = toy_world._toy_speech(rng, words, layout, 150.0, age, "<SAD>", event)
+                assert len(audio) == layout["samples"]
+                times = layout["times"]
+                assert all(rms(audio, (a + b) / 2) > 3e-3 for a, b in times), (age, style, event)
+                pauses = [(b, a) for (_, b), (a, _) in zip(times, times[1:]) if a - b >= 0.04]
+                assert all(rms(audio, (a + b) / 2) < 1e-3 for a, b in pauses), (age, style, event)
+                if event:
+                    a, b = layout["event_span"]
+                    assert b <= len(audio) / sr and b - a == pytest.approx(toy_world.EVENT_SAMPLES[event] / sr)
+                    assert max(rms(audio, a + k * (b - a) / 8) for k in range(1, 8)) > 3e-3, event
+                checked += 1
+    assert checked == 3 * 4 * 5
+
+
+def test_stage0_corpus_has_the_reading_lines(toy):
+    """Beside the chat lines of the train utterances, stage 0 reads those of READING_PER_TRAIN
+    text-only ones for each: more speech spans than there are utterances with audio, each with
+    the train split's frame shape (clock piece first, then a word with four attributes, or one
+    piece)."""
+    lines = toy["corpus"].read_text(encoding="utf-8").splitlines()
+    spans = [m.group(1) for line in lines for m in [toy_world._SPAN.search(line)] if m]
+    n_audio = len(toy_world.read_alignment(toy["train"].parent / "alignment.jsonl"))
+    assert len({*spans}) > n_audio * (1 + toy_world.READING_PER_TRAIN) * 0.9
+    for span in spans:
+        for k, frame in enumerate(span.split(toy_world.FRAME_SEP)):
+            pieces = frame.split(toy_world.PIECE_SEP)
+            assert pieces[0] == toy_world.CLOCK[min(k, len(toy_world.CLOCK) - 1)]
+            assert len(pieces) in (2, 6), frame
