@@ -29,7 +29,7 @@ import torch
 import train
 from checkpoint import atomic_write
 from model import IOSUMPangu
-from toy import ensure_toy_world
+from toy import READING_PER_TRAIN, ensure_toy_world
 
 # The paper's numbers for the tables' "paper" columns (docs/release.md §8; Tables 2, 3, 6).
 PAPER_IFR = {"decoupled": 90.2, "joint": 51.5, "Qwen2-Audio-Instruct": 71.3}
@@ -398,6 +398,8 @@ def main(argv=None) -> dict:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every schedule's steps (tests: 0.01)")
     p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=(80, 5, 10),
                    help="toy utterances per task combination and split")  # fmt: skip
+    p.add_argument("--reading", type=int, default=READING_PER_TRAIN,
+                   help="stage-0 reading lines: text-only utterances per train utterance (toy.py)")  # fmt: skip
     args = p.parse_args(argv)
     root = Path(args.out)
     run_dirs = [root if i == 0 else root.with_name(f"{root.name}-seed{args.seed + i}") for i in range(args.seeds)]
@@ -408,7 +410,7 @@ def main(argv=None) -> dict:
     times: dict[str, float] = {}
     t = time.time()
     n_train, n_dev, n_test = args.world_size
-    world = ensure_toy_world(args.toy_dir, n_train=n_train, n_dev=n_dev, n_test=n_test)
+    world = ensure_toy_world(args.toy_dir, n_train=n_train, n_dev=n_dev, n_test=n_test, reading=args.reading)
     times["toy world"] = round(time.time() - t, 1)
     per_seed = [run_seed(args, args.seed + i, d, world, times) for i, d in enumerate(run_dirs)]
     report = write_report(root, per_seed, times, args, wall=round(time.time() - t, 1))

@@ -372,7 +372,7 @@ TOY_VERSION = 6  # 2: tokenizer_config.json, train.json; 3: instruction grammar,
 # 6: layouts drawn before the audio, stage-0 reading lines (READING_PER_TRAIN)
 
 
-def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int) -> dict:
+def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int, reading: int) -> dict:
     return {
         "version": TOY_VERSION,
         "seed": seed,
@@ -380,6 +380,7 @@ def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int)
         "n_dev": n_dev,
         "n_test": n_test,
         "n_shards": n_shards,
+        "reading": reading,
     }
 
 
@@ -784,22 +785,29 @@ def _write_tokenizer(corpus: list[str], folder: Path) -> None:
 
 
 def build_toy_world(
-    root: str | Path, seed: int = 1234, n_train: int = 80, n_dev: int = 5, n_test: int = 10, n_shards: int = 8
+    root: str | Path,
+    seed: int = 1234,
+    n_train: int = 80,
+    n_dev: int = 5,
+    n_test: int = 10,
+    n_shards: int = 8,
+    reading: int = READING_PER_TRAIN,
 ) -> dict[str, Path]:
     """Write the toy world under `root` (overwriting): n_* utterances per task combo per split,
-    `train.json` (a data mix), `corpus.txt` (stage-0 text), the tokenizer and `toy_world.json`."""
+    `train.json` (a data mix), `corpus.txt` (stage-0 text, with the chat lines of `reading`
+    text-only utterances per train utterance), the tokenizer and `toy_world.json`."""
     root = Path(root)
     paths = toy_paths(root)
     rng = np.random.default_rng(seed)
     speakers = _toy_speakers(rng)
-    summary = {"params": _toy_params(seed, n_train, n_dev, n_test, n_shards), "splits": {}}
+    summary = {"params": _toy_params(seed, n_train, n_dev, n_test, n_shards, reading), "splits": {}}
     train_targets, chats = [], []
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         written = _write_split(root, split, _toy_utterances(rng, split, n, speakers), rng, n_shards)
         summary["splits"][split] = written["summary"]
         if split == "train":
             train_targets, chats = written["targets"], written["chats"]
-    chats += _reading_chats(rng, speakers, READING_PER_TRAIN * n_train)
+    chats += _reading_chats(rng, speakers, reading * n_train)
     mix = {"toy_shards": {"path": "train/shards_list.txt", "weight": 1.0, "type": "shard"}}
     paths["train_mix"].write_text(json.dumps(mix, indent=1) + "\n", encoding="utf-8")
     corpus = _corpus(train_targets, chats, rng)
@@ -820,11 +828,12 @@ def ensure_toy_world(
     n_dev: int = 5,
     n_test: int = 10,
     n_shards: int = 8,
+    reading: int = READING_PER_TRAIN,
 ) -> dict[str, Path]:
     """The toy world's paths, building it the first time (and when its parameters changed)."""
     paths = toy_paths(Path(root))
     root = Path(root).resolve()  # a link (toy_data -> elsewhere) is rebuilt where it points
-    params = _toy_params(seed, n_train, n_dev, n_test, n_shards)
+    params = _toy_params(seed, n_train, n_dev, n_test, n_shards, reading)
     if _toy_params_at(root) == params:
         return paths
     if root.exists() and not toy_paths(root)["index"].is_file() and any(root.iterdir()):
@@ -834,7 +843,7 @@ def ensure_toy_world(
     # Built aside and renamed into place, so that processes starting together (DDP ranks,
     # test workers) never read a half-written world.
     tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
-    build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards)
+    build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards, reading)
     if _toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
         shutil.rmtree(root)
     try:

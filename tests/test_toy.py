@@ -305,17 +305,21 @@ def test_toy_layout_is_where_the_audio_sounds():
     assert checked == 3 * 4 * 5
 
 
-def test_stage0_corpus_has_the_reading_lines(toy):
-    """Beside the chat lines of the train utterances, stage 0 reads those of READING_PER_TRAIN
-    text-only ones for each: more speech spans than there are utterances with audio, each with
-    the train split's frame shape (clock piece first, then a word with four attributes, or one
-    piece)."""
-    lines = toy["corpus"].read_text(encoding="utf-8").splitlines()
-    spans = [m.group(1) for line in lines for m in [toy_world._SPAN.search(line)] if m]
-    n_audio = len(toy_world.read_alignment(toy["train"].parent / "alignment.jsonl"))
-    assert len({*spans}) > n_audio * (1 + toy_world.READING_PER_TRAIN) * 0.9
-    for span in spans:
-        for k, frame in enumerate(span.split(toy_world.FRAME_SEP)):
-            pieces = frame.split(toy_world.PIECE_SEP)
-            assert pieces[0] == toy_world.CLOCK[min(k, len(toy_world.CLOCK) - 1)]
-            assert len(pieces) in (2, 6), frame
+def test_stage0_corpus_has_the_reading_lines(tmp_path):
+    """With `reading` = R, stage 0 reads, beside the chat lines of the train utterances, those of
+    R text-only ones for each: about (1 + R) x as many speech spans, each with the train split's
+    frame shape (a clock piece, then a word with four attributes, or one piece); R = 0 adds none."""
+    kw = dict(seed=5, n_train=2, n_dev=1, n_test=1, n_shards=2)
+    counts = {}
+    for reading in (0, 3):
+        world = toy_world.build_toy_world(tmp_path / str(reading), reading=reading, **kw)
+        lines = world["corpus"].read_text(encoding="utf-8").splitlines()
+        spans = [m.group(1) for line in lines for m in [toy_world._SPAN.search(line)] if m]
+        counts[reading] = len({*spans})
+        for span in spans:
+            for k, frame in enumerate(span.split(toy_world.FRAME_SEP)):
+                pieces = frame.split(toy_world.PIECE_SEP)
+                assert pieces[0] == toy_world.CLOCK[min(k, len(toy_world.CLOCK) - 1)]
+                assert len(pieces) in (2, 6), frame
+    n_audio = len(toy_world.read_alignment(tmp_path / "0" / "train" / "alignment.jsonl"))
+    assert counts[0] == n_audio and counts[3] > 3.5 * n_audio
