@@ -142,33 +142,39 @@ def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.nd
     return (y / (np.abs(y).max() + 1e-9)).astype(np.float32)
 
 
+# samples of each event (the layout needs them before any audio); a sneeze is an 'ah' then a hiss
+_SNEEZE_AH, _SNEEZE_HISS = int(0.12 * SAMPLE_RATE), int(0.15 * SAMPLE_RATE)
+EVENT_SAMPLES = {
+    "<LAUGH>": int(0.56 * SAMPLE_RATE),
+    "<COUGH>": int(0.35 * SAMPLE_RATE),
+    "<SNEEZE>": _SNEEZE_AH + _SNEEZE_HISS,
+    "<SIGH>": int(0.5 * SAMPLE_RATE),
+}
+
+
 def _event(rng: np.random.Generator, label: str) -> np.ndarray:
     """A non-speech sound: laugh (4 quick mid-band bursts), cough (2 sharp broadband bursts),
     sneeze (a rising 'ah' then high hiss), sigh (long low breath)."""
     S = SAMPLE_RATE
     if label == "<LAUGH>":
-        out = np.zeros(int(0.56 * S), np.float32)
+        out = np.zeros(EVENT_SAMPLES[label], np.float32)
         for j in range(4):
             b = _band_noise(rng, int(0.06 * S), 700, 2500) * _fade(int(0.06 * S), 8)
             out[int(j * 0.14 * S) : int(j * 0.14 * S) + len(b)] += b
         return 0.5 * out
     if label == "<COUGH>":
-        out = np.zeros(int(0.35 * S), np.float32)
+        out = np.zeros(EVENT_SAMPLES[label], np.float32)
         for j in range(2):
             n = int(0.1 * S)
             b = _band_noise(rng, n, 200, 5000) * np.exp(-np.arange(n) / (0.03 * S)) * _fade(n, 3)
             out[int(j * 0.25 * S) : int(j * 0.25 * S) + n] += b.astype(np.float32)
         return 0.8 * out
     if label == "<SNEEZE>":
-        ah = _syllable(int(0.12 * S), (180, 290), TOY_VOWELS[2], 0.0)
-        hiss = _band_noise(rng, int(0.15 * S), 4000, 7500) * _fade(int(0.15 * S), 5)
+        ah = _syllable(_SNEEZE_AH, (180, 290), TOY_VOWELS[2], 0.0)
+        hiss = _band_noise(rng, _SNEEZE_HISS, 4000, 7500) * _fade(_SNEEZE_HISS, 5)
         return np.concatenate([0.4 * ah, 0.7 * hiss])
-    n = int(0.5 * S)  # <SIGH>
+    n = EVENT_SAMPLES["<SIGH>"]
     return 0.35 * _band_noise(rng, n, 150, 1200) * np.sin(np.pi * np.arange(n) / n).astype(np.float32)
-
-
-# samples of each event as _event renders it (the layout needs them before any audio)
-EVENT_SAMPLES = {"<LAUGH>": 8960, "<COUGH>": 5600, "<SNEEZE>": 4320, "<SIGH>": 8000}
 
 
 def _toy_layout(rng: np.random.Generator, words: list[str], age: str, style: str, event: str | None) -> dict:
