@@ -11,6 +11,7 @@ import torch
 import data
 import tasks
 import toy as toy_world
+from model import PATTERN2, SYSTEM_SPEECH, pattern1
 from pangu import PRESETS
 from tokenizer import PanguTokenizer
 from whisper_enc import log_mel_spectrogram
@@ -306,20 +307,31 @@ def test_toy_layout_is_where_the_audio_sounds():
 
 
 def test_stage0_corpus_has_the_reading_lines(tmp_path):
-    """With `reading` = R, stage 0 reads, beside the chat lines of the train utterances, those of
-    R text-only ones for each: about (1 + R) x as many speech spans, each with the train split's
+    """With `reading` = R, stage 0 reads, beside the chat lines of the train utterances, R reading
+    lines for each: a text-only utterance's span, in the chat layout with no instruction, and its
+    words as the whole answer (no tag, no label, no event). Every span has the train split's
     frame shape (a clock piece, then a word with four attributes, or one piece); R = 0 adds none."""
     kw = dict(seed=5, n_train=2, n_dev=1, n_test=1, n_shards=2)
-    counts = {}
+    spans, reading_lines = {}, {}
+    p1, p2 = pattern1(SYSTEM_SPEECH), "<s>" + PATTERN2
     for reading in (0, 3):
         world = toy_world.build_toy_world(tmp_path / str(reading), reading=reading, **kw)
-        lines = world["corpus"].read_text(encoding="utf-8").splitlines()
-        spans = [m.group(1) for line in lines for m in [toy_world._SPAN.search(line)] if m]
-        counts[reading] = len({*spans})
-        for span in spans:
+        lines = [line.replace("\\n", "\n") for line in world["corpus"].read_text(encoding="utf-8").splitlines()]
+        spans[reading] = {m.group(1) for line in lines for m in [toy_world._SPAN.search(line)] if m}
+        for span in spans[reading]:
             for k, frame in enumerate(span.split(toy_world.FRAME_SEP)):
                 pieces = frame.split(toy_world.PIECE_SEP)
                 assert pieces[0] == toy_world.CLOCK[min(k, len(toy_world.CLOCK) - 1)]
                 assert len(pieces) in (2, 6), frame
+        reading_lines[reading] = [line for line in lines if line.startswith(p1 + toy_world.SPAN_OPEN)]
     n_audio = len(toy_world.read_alignment(tmp_path / "0" / "train" / "alignment.jsonl"))
-    assert counts[0] == n_audio and counts[3] > 3.5 * n_audio
+    assert len(spans[0]) == n_audio and not reading_lines[0]
+    assert len(reading_lines[3]) == 3 * n_audio
+    for line in reading_lines[3]:
+        span, answer = line[len(p1) :].split(p2)
+        frames = [
+            f.split(toy_world.PIECE_SEP) for f in toy_world._SPAN.search(span).group(1).split(toy_world.FRAME_SEP)
+        ]
+        words = [f[1] for f in frames if len(f) == 6]
+        runs = lambda ws: [w for i, w in enumerate(ws) if i == 0 or w != ws[i - 1]]  # noqa: E731
+        assert runs(answer.split()) == runs(words) and "<" not in answer
