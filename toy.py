@@ -376,7 +376,7 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1280) ->
 TOY_VERSION = 7  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
 # 4: alignment.jsonl, stage-0 speech spans as frames; 5: richer train grammar, more carriers, 1280 pieces;
 # 6: layouts drawn before the audio, stage-0 reading lines (READING_PER_TRAIN); 7: reading lines without
-# an instruction, 3 a train utterance
+# an instruction (`--reading R`)
 
 
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int, reading: int) -> dict:
@@ -733,8 +733,8 @@ def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> lis
 # harder, that the speech prompt's instruction is a tag string to copy: the decoupled model's
 # intents fell below the ablation's. Without the instruction (TOY_VERSION 7) they teach the
 # reading with less of that: 3 seeds, dev split, decoupled / ablation IFR %, NL WER %: with 3
-# 75 / 66, 46; with 0 82 / 77, 81. The study's question is the intents, so it runs with 0 (the
-# decoupled IFR higher in every seed); `study.py --reading 3` reads the words. (our choice; README)
+# 75 / 66, 46; with 0 82 / 77, 81. The study's question is the intents, so it runs with 0 (its
+# decoupled IFR is the higher in every seed); `study.py --reading 3` reads the words. (our choice; README)
 READING_PER_TRAIN = 0
 
 
