@@ -698,6 +698,13 @@ OTHER_REQUESTS = {
 }
 
 
+def _speech_line(instruction: str, heard: dict, answer: str) -> str:
+    """One stage-0 line in the speech prompt's layout (SPEC §7): P1, the instruction, the speech
+    span written as its frames (`heard_span`), P2, the answer."""
+    span = SPAN_OPEN + heard_span(heard) + SPAN_CLOSE
+    return f"{pattern1(SYSTEM_SPEECH)}{instruction}{span}<s>{PATTERN2}{answer}"
+
+
 def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> list[str]:
     """Stage-0 chat lines of one train utterance: the prompt layout of SPEC §7 with the speech
     span written as its frames (`heard_span`: what each 80 ms of the audio holds), the fixed tag
@@ -708,8 +715,6 @@ def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> lis
     span, so that stage 1 (LLM frozen) only has to make the adapter write such frames. No
     natural-language instruction is in them: understanding those is stages 2-3's job."""
     attrs = spec["attrs"]
-    span = SPAN_OPEN + heard_span(heard) + SPAN_CLOSE
-    p1, p2 = pattern1(SYSTEM_SPEECH), "<s>" + PATTERN2
     combos = [spec["tags"]]
     if spec["tags"] != ("<chat>",):  # and a transcript: reading words off frames is the slowest to learn
         others = [t for t in TASK_COMBOS if t != ("<chat>",) and (t != ("<caption>",) or attrs["<caption>"])]
@@ -720,7 +725,7 @@ def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> lis
         if any(attrs.get(t) is None for t in tags if t in TOY_LABELS):  # no event in this audio
             continue
         target = make_target(tags, _toy_text({**spec, "tags": tags}, times), {})
-        lines.append(f"{p1}{''.join(tags)}{span}{p2}{target}")
+        lines.append(_speech_line("".join(tags), heard, target))
     return lines
 
 
@@ -745,8 +750,7 @@ def _reading_lines(rng: np.random.Generator, speakers: list[dict], n_per_task: i
     for spec in _toy_utterances(rng, "train", n_per_task, speakers):
         a = spec["attrs"]
         layout = _toy_layout(rng, spec["words"], a["<age>"], a["<style>"], a["<caption>"])
-        span = SPAN_OPEN + heard_span(_heard(spec, layout)) + SPAN_CLOSE
-        lines.append(f"{pattern1(SYSTEM_SPEECH)}{span}<s>{PATTERN2}{' '.join(spec['words'])}")
+        lines.append(_speech_line("", _heard(spec, layout), " ".join(spec["words"])))
     return lines
 
 
