@@ -398,13 +398,13 @@ def _phrasings(tags: tuple[str, ...], lang: str, split: str, speech: bool = Fals
     frames = FRAMES[lang][len(tags)][SPLITS.index(split)]
     if speech:
         frames = frames[:SPEECH_FRAMES]
-    clauses = [_clauses(t, lang, split, speech) for t in tags]
+    # each clause with its capitalised form: {a} -> {0[0]}, {A} -> {0[1]}, {b} -> {1[0]}, {B} -> {1[1]}
+    clauses = [[(c, c[0].upper() + c[1:]) for c in _clauses(t, lang, split, speech)] for t in tags]
+    fields = {"a": "{0[0]}", "A": "{0[1]}", "b": "{1[0]}", "B": "{1[1]}"}
     out = []
     for frame in frames:
-        for parts in itertools.product(*clauses):
-            names = dict(zip("ab", parts))
-            names.update({k.upper(): v[0].upper() + v[1:] for k, v in names.items()})
-            out.append(frame.format(**names))
+        template = frame.format(**fields)
+        out += [template.format(*parts) for parts in itertools.product(*clauses)]
     return tuple(dict.fromkeys(out))
 
 

@@ -233,12 +233,13 @@ def evaluate(model, step_fn, dev_batches, n_batches: int, device: str, autocast,
 
 
 def train_loop(
-    args, model, step_fn, train_data, make_dev, config: dict, device: str, rank: int = 0, world: int = 1
+    args, model, step_fn, train_data, make_dev, config: dict, device: str, rank: int = 0, world: int = 1, on_step=None
 ) -> dict:
     """The training run itself. `step_fn(model, batch) -> (mean loss, n target tokens)`;
     `train_data`: this rank's batches, one epoch per iteration, with state_dict() /
     load_state_dict() (a data.Loader or an EpochLoader); `make_dev()`: an iterable of dev
-    batches, fresh each call."""
+    batches, fresh each call; `on_step(step)`, if given, is called after every step (study.py:
+    take the other process's core when it is done)."""
     out = Path(args.out)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -350,6 +351,8 @@ def train_loop(
             log.write(json.dumps(rec) + "\n")
             log.flush()
         bar.update(1)
+        if on_step is not None:
+            on_step(step)
         if step % args.log_every == 0 or step == args.steps:
             bar.set_postfix(
                 loss=f"{rec['loss']:.3f}",
@@ -721,8 +724,9 @@ def main(argv=None) -> dict:
     return run(args)
 
 
-def run(args) -> dict:
-    """Train one stage as `args` says; returns the history, the final folder and the model."""
+def run(args, on_step=None) -> dict:
+    """Train one stage as `args` says; returns the history, the final folder and the model.
+    `on_step(step)`: called after every step (train_loop)."""
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(args.device, local_rank)
@@ -808,7 +812,7 @@ def run(args) -> dict:
     seed_all(args.seed + rank)  # dropout and augmentation differ per rank, reproducibly
 
     out.mkdir(parents=True, exist_ok=True)
-    result = train_loop(args, model, step_fn, train_data, make_dev, cfg_json, device, rank, world)
+    result = train_loop(args, model, step_fn, train_data, make_dev, cfg_json, device, rank, world, on_step)
     if rank == 0:
         result["final"] = save_final(out, model, tokenizer_file)
         say(f"saved {result['final']}")

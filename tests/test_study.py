@@ -91,8 +91,10 @@ def test_splits_disjoint_speakers_utterances_phrasings(tiny_study):
 def test_short_stage_run_identical_for_a_seed(tiny_study, tmp_path):
     root, _, _ = tiny_study
     world = toy.toy_paths(root / "toy")
-    for run in ("a", "b"):  # 2 steps of stage 0 each, same seed
-        study.train_part(0, tmp_path / run, world, seed=5, scale=0.007, threads=1)
+    seen = []  # train.run's hook sees every step (study.py takes the second core with it)
+    for run in ("a", "b"):  # 4 steps of stage 0 each, same seed
+        study.train_part(0, tmp_path / run, world, seed=5, scale=0.007, threads=1, on_step=seen.append)
+    assert seen == [1, 2, 3, 4] * 2
     a = load_file(tmp_path / "a" / "stage0" / "final" / "model.safetensors")
     b = load_file(tmp_path / "b" / "stage0" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
