@@ -6,7 +6,10 @@
    /proc, with glibc returning freed blocks at once). Goal: >= 40 % less memory for
    <= 40 % more time.
 2. Toy stages: target tokens/s of `train.py` on the toy world, stages 1-3.
-3. `--device cuda --shape 7b`: one stage-3 LoRA step at the released shape in bf16
+3. Threads: the toy LLM of stage 0 with 1 and with 2 torch threads, same seed: median step time
+   and whether the weights are the same bit for bit (study.py switches it from 1 to 2 threads
+   at step 280; that keeps a seed's result only where they are).
+4. `--device cuda --shape 7b`: one stage-3 LoRA step at the released shape in bf16
    (Whisper-medium + adapter + openPangu-7B with LoRA r 64), random weights, tokens/s and
    peak memory. Needs a GPU with ~40 GB.
 
@@ -192,6 +195,24 @@ def toy_stage_tokens(steps: int) -> None:
             print(f"toy stage {stage}: {tok_s:7.0f} {what}/s, median step {step * 1e3:.0f} ms")
 
 
+def toy_stage0_threads(steps: int) -> None:
+    """The toy LLM of stage 0 trained `steps` steps on 1 and on 2 threads from the same seed."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            argv = ["--stage", "0", "--out", f"{tmp}/t{threads}", "--steps", str(steps), "--device", "cpu"]
+            res = train.main(argv + ["--eval-every", "0", "--save-every", "0"])
+            weights = {k: v.detach().clone() for k, v in res["model"].state_dict().items()}
+            runs[threads] = statistics.median(r["step_time"] for r in res["history"][1:]), weights
+    (t1, w1), (t2, w2) = runs[1], runs[2]
+    same = all(torch.equal(w1[k], w2[k]) for k in w1)
+    print(
+        f"toy stage 0, {steps} steps: 1 thread {t1 * 1e3:.0f} ms/step, 2 threads {t2 * 1e3:.0f} ms/step "
+        f"({t1 / t2:.2f}x); weights after {steps} steps {'the same bit for bit' if same else 'DIFFER'}"
+    )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -201,6 +222,7 @@ def main():
     p.add_argument("--target", type=int, default=60, help="target tokens per utterance")
     p.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     p.add_argument("--toy-steps", type=int, default=12, help="steps per toy stage (0: skip)")
+    p.add_argument("--thread-steps", type=int, default=30, help="toy stage-0 steps per thread count (0: skip)")
     p.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--measure", default="time", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -235,6 +257,8 @@ def main():
     )
     if not seven and args.toy_steps:
         toy_stage_tokens(args.toy_steps)
+    if not seven and args.thread_steps:
+        toy_stage0_threads(args.thread_steps)
 
 
 if __name__ == "__main__":
