@@ -8,7 +8,7 @@
 2. Toy stages: target tokens/s of `train.py` on the toy world, stages 1-3.
 3. Threads: the toy LLM of stage 0 with 1 and with 2 torch threads, same seed: median step time
    and whether the weights are the same bit for bit (study.py switches it from 1 to 2 threads
-   at step 280; that keeps a seed's result only where they are).
+   at step 280: a seed's result equals the one-thread run's only where they are).
 4. `--device cuda --shape 7b`: one stage-3 LoRA step at the released shape in bf16
    (Whisper-medium + adapter + openPangu-7B with LoRA r 64), random weights, tokens/s and
    peak memory. Needs a GPU with ~40 GB.
