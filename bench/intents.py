@@ -17,6 +17,7 @@ Measured (toy study, 3 seeds, 2-core AMD EPYC): see README "What limits it".
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,16 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import data  # noqa: E402
+import ifr_eval  # noqa: E402
 import infer  # noqa: E402
 import tasks  # noqa: E402
 from model import IOSUMPangu  # noqa: E402
 from toy import toy_paths  # noqa: E402
 
 TAG_TOKENS = 4  # enough new tokens for the leading tags (each tag is one piece of the tokenizer)
-
-
-def lead_tags(texts: list[str]) -> list[tuple[str, ...]]:
-    return [tasks.parse_output(t)["tags"] for t in texts]
 
 
 def ask(model: IOSUMPangu, instructions: list[str], audio: list | None = None, batch: int = 32) -> list[tuple]:
@@ -47,14 +45,19 @@ def ask(model: IOSUMPangu, instructions: list[str], audio: list | None = None, b
         texts, _ = model.generate(
             audio=speech, instruction=instructions[b : b + batch], layout="train", max_new_tokens=TAG_TOKENS
         )
-        out += lead_tags(texts)
+        out += [tasks.parse_output(t)["tags"] for t in texts]
     return out
 
 
 def as_intent(instruction: str) -> str:
     """A speech instruction as a stage-2 text-intent query, in its own language."""
-    lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in instruction) else "en"
+    lang = "zh" if re.search(f"[{ifr_eval._HAN}]", instruction) else "en"
     return f"{tasks.INTENT_ASK[lang]}:{instruction}"
+
+
+def share(got: list, want: list) -> float:
+    """% of rows whose tags are the wanted ones."""
+    return 100 * sum(g == w for g, w in zip(got, want)) / len(want)
 
 
 def main() -> None:
@@ -70,6 +73,7 @@ def main() -> None:
     audio = [data.decode_audio(it["sample"]) for it in items]
     perm = np.random.default_rng(0).permutation(len(items))  # the same for every model
     intents = tasks.intent_samples("dev")
+    intent_gold = [tuple(s["tags"]) for s in intents]
     print(f"dev: {len(intents)} text intents, {len(items)} speech lines ({dev})")
     print("| model | text set % | as text % | with speech % | other audio % | follow the audio's task |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -79,12 +83,10 @@ def main() -> None:
         as_text = ask(model, [as_intent(it["instruction"]) for it in items])
         with_speech = ask(model, [it["instruction"] for it in items], audio)
         other = ask(model, [it["instruction"] for it in items], [audio[j] for j in perm])
-        pct = lambda got, want: 100 * sum(g == w for g, w in zip(got, want)) / len(want)  # noqa: E731
-        text_gold = [tuple(s["tags"]) for s in intents]
         follow = sum(o == gold[j] != g for o, j, g in zip(other, perm, gold))
         print(
-            f"| {name} | {pct(text_set, text_gold):.1f} | {pct(as_text, gold):.1f} | {pct(with_speech, gold):.1f}"
-            f" | {pct(other, gold):.1f} | {follow} / {len(items)} |",
+            f"| {name} | {share(text_set, intent_gold):.1f} | {share(as_text, gold):.1f}"
+            f" | {share(with_speech, gold):.1f} | {share(other, gold):.1f} | {follow} / {len(items)} |",
             flush=True,
         )
 
