@@ -1,12 +1,16 @@
-"""Where is the IFR lost? A model's intent tags on the dev split, asked four ways.
+"""Where is the IFR lost? A model's intent tags on the dev split, asked five ways.
 
 1. `text set`: the split's stage-2 text-intent set (tasks.intent_samples), as stage 2 is taught;
 2. `as text`: the dev speech lines' own instructions, asked as text intents (no audio);
 3. `with speech`: the same instructions with their line's audio (the study's NL condition);
-4. `other audio`: the same instructions, each with another line's audio (a fixed permutation).
-Rows 2 and 3 differ only in the speech prompt around the same instructions, so their gap is
-what the step from text to speech costs; rows 3 and 4 tell whether the tags follow the audio
-(`follow the audio's task`: lines whose tags are those of the audio's own line, not its own).
+4. `other audio`: the same instructions, each with another line's audio (a fixed permutation);
+5. `silence`: the same instructions, each with silence as long as its line's audio;
+and `first tag`: with their speech, only the first tag compared (the rest of the loss is in the
+second tag, missing, extra or wrong).
+Ways 2 and 3 differ only in the speech prompt around the same instructions, so their gap is
+what the step from text to speech costs; ways 3-5 tell whether it is the audio's content or
+the speech prompt itself (`follow the audio's task`: lines whose tags with another line's audio
+are that line's, not their own).
 Only the leading tags are decoded and compared (exactly, as ifr_eval.py's intent rule), with
 the study's decoding (greedy, training layout).
 
@@ -75,18 +79,22 @@ def main() -> None:
     intents = tasks.intent_samples("dev")
     intent_gold = [tuple(s["tags"]) for s in intents]
     print(f"dev: {len(intents)} text intents, {len(items)} speech lines ({dev})")
-    print("| model | text set % | as text % | with speech % | other audio % | follow the audio's task |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    cols = ["text set", "as text", "with speech", "other audio", "silence", "first tag"]
+    print("| model | " + " | ".join(f"{c} %" for c in cols) + " | follow the audio's task |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.model:
         model = IOSUMPangu.from_pretrained(name, verbose=False)
         text_set = ask(model, [s["instruction"] for s in intents])
         as_text = ask(model, [as_intent(it["instruction"]) for it in items])
         with_speech = ask(model, [it["instruction"] for it in items], audio)
         other = ask(model, [it["instruction"] for it in items], [audio[j] for j in perm])
+        silence = ask(model, [it["instruction"] for it in items], [torch.zeros_like(a) for a in audio])
+        first = share([t[:1] for t in with_speech], [t[:1] for t in gold])
         follow = sum(o == gold[j] != g for o, j, g in zip(other, perm, gold))
         print(
             f"| {name} | {share(text_set, intent_gold):.1f} | {share(as_text, gold):.1f}"
-            f" | {share(with_speech, gold):.1f} | {share(other, gold):.1f} | {follow} / {len(items)} |",
+            f" | {share(with_speech, gold):.1f} | {share(other, gold):.1f} | {share(silence, gold):.1f}"
+            f" | {first:.1f} | {follow} / {len(items)} |",
             flush=True,
         )
 
