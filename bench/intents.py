@@ -81,7 +81,7 @@ def main() -> None:
     print(f"dev: {len(intents)} text intents, {len(items)} speech lines ({dev})")
     cols = ["text set", "as text", "with speech", "other audio", "silence", "first tag"]
     print("| model | " + " | ".join(f"{c} %" for c in cols) + " | follow the audio's task |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- |" + " ---: |" * (len(cols) + 1))
     for name in args.model:
         model = IOSUMPangu.from_pretrained(name, verbose=False)
         text_set = ask(model, [s["instruction"] for s in intents])
