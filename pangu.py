@@ -270,7 +270,9 @@ class Pangu(nn.Module):
             cache_pos = torch.arange(L, device=x.device)
         if cache is not None and (attention_mask is None or attention_mask.shape[1] != cache[0].k.shape[2]):
             raise ValueError("with a cache, attention_mask (B, max_len) must cover the whole cache")
-        mask = None if attention_mask is None else attention_mask_4d(attention_mask, cache_pos)
+        mask = attention_mask  # (B, 1, L, S) boolean, as given, or from a (B, S) key mask:
+        if attention_mask is not None and attention_mask.dim() == 2:
+            mask = attention_mask_4d(attention_mask, cache_pos)
         cos, sin = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             c = None if cache is None else cache[i]
@@ -286,7 +288,8 @@ class Pangu(nn.Module):
         """Logits (B, L, vocab).
 
         input_ids (B, L) or inputs_embeds (B, L, dim); attention_mask (B, L) with 1 for real
-        tokens and 0 for pads anywhere; position_ids (B, L), in the release cumsum(mask) - 1
+        tokens and 0 for pads anywhere, or (B, 1, L, L) boolean, True where a query may attend
+        (stage 0's lines packed in one row); position_ids (B, L), in the release cumsum(mask) - 1
         with pads set to 1. With a cache from `make_cache(B, max_len)`: the L new tokens are
         written to cache slots cache_pos (L,) (default 0..L-1) and attention_mask (B, max_len)
         covers the whole cache (0 for pads and for slots not written yet).

@@ -996,30 +996,52 @@ def line_positions(line: str, tokenizer) -> list[list[int]]:
 
 
 def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
-    """Stage 0 data: every line's positions + EOS, concatenated and cut into blocks of block + 1;
-    each epoch shuffles the blocks (seeded by epoch) and deals them to ranks. A batch is
-    {"ids": (B, block + 1, K) ids, -1 past each position's own, "targets": (B, block + 1)}: the id
-    of a text position, IGNORE_ID for a frame (nothing predicts the audio)."""
-    positions = []
+    """Stage 0 data: whole lines (their positions + EOS) packed greedily into blocks of block + 1
+    positions (a longer line is cut), the rest of a block padding; each epoch shuffles the blocks
+    (seeded by epoch) and deals them to ranks. A batch is {"ids": (B, block + 1, K) ids, -1 past
+    each position's own and on padding, "targets": (B, block + 1): the id of a text position,
+    IGNORE_ID for a frame (nothing predicts the audio) and for padding, "doc": (B, block + 1) the
+    line each position belongs to (-1: padding), "pos": its position within that line}. Each
+    line attends to itself only, from position 0, as a speech prompt does in stages 1-3: packed
+    without it, a line's answer could attend to the frames of the lines before it, and a line cut
+    at a block's end kept its answer without its speech span (a fifth of the chat lines); the
+    toy LLM then did not learn to read frames (README)."""
+    docs = []
     for line in lines:
-        positions += line_positions(line, tokenizer) + [[tokenizer.eos_id]]
-    width = max(len(p) for p in positions)
-    ids = torch.full((len(positions), width), -1, dtype=torch.long)
-    for i, p in enumerate(positions):
-        ids[i, : len(p)] = torch.tensor(p)
-    targets = torch.where(ids[:, 1] < 0, ids[:, 0], IGNORE_ID) if width > 1 else ids[:, 0].clone()
-    n = len(positions) // (block + 1)
-    ids, targets = ids[: n * (block + 1)].view(n, block + 1, width), targets[: n * (block + 1)].view(n, block + 1)
+        docs.append((line_positions(line, tokenizer) + [[tokenizer.eos_id]])[: block + 1])
+    width = max(len(p) for d in docs for p in d)
+    blocks, current = [], []
+    for d in docs:
+        if sum(map(len, current)) + len(d) > block + 1:
+            blocks.append(current)
+            current = []
+        current.append(d)
+    if current:
+        blocks.append(current)
+    n = len(blocks)
+    ids = torch.full((n, block + 1, width), -1, dtype=torch.long)
+    doc = torch.full((n, block + 1), -1, dtype=torch.long)
+    pos = torch.zeros((n, block + 1), dtype=torch.long)
+    for b, ds in enumerate(blocks):
+        t = 0
+        for j, d in enumerate(ds):
+            for k, p in enumerate(d):
+                ids[b, t + k, : len(p)] = torch.tensor(p)
+            doc[b, t : t + len(d)], pos[b, t : t + len(d)] = j, torch.arange(len(d))
+            t += len(d)
+    single = (ids[..., 1] < 0) if width > 1 else torch.ones_like(doc, dtype=torch.bool)
+    targets = torch.where(single & (doc >= 0), ids[..., 0], IGNORE_ID)
     batch = min(batch, n // world)  # a small dev corpus gives smaller batches
     n_batches = n // max(batch * world, 1)
     if n_batches == 0:
-        raise SystemExit(f"the corpus has {n} blocks of {block + 1} positions: too few for one batch")
+        raise SystemExit(f"the corpus packs into {n} blocks of {block + 1} positions: too few for one batch")
 
     def epoch_batches(epoch: int, start: int):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         order = order[rank : n_batches * batch * world : world].view(n_batches, batch)
         for i in range(start, n_batches):
-            yield {"ids": ids[order[i]], "targets": targets[order[i]]}
+            j = order[i]
+            yield {"ids": ids[j], "targets": targets[j], "doc": doc[j], "pos": pos[j]}
 
     return epoch_batches
 

@@ -246,10 +246,46 @@ def test_stage0_frames_are_summed_inputs_and_never_targets(toy):
     assert [p[0] for p in positions if len(p) == 1] == tok.encode(text, bos=True)  # the rest is the text
     make = toy_world.corpus_blocks([chat] * 40, tok, block=64, batch=2, seed=0, rank=0, world=1)
     batch = next(make(0, 0))
-    ids, targets = batch["ids"], batch["targets"]
+    ids, targets, real = batch["ids"], batch["targets"], batch["doc"] >= 0
     is_frame = (ids >= 0).sum(-1) > 1
     assert is_frame.any() and (targets[is_frame] == toy_world.IGNORE_ID).all()
-    assert (targets[~is_frame] == ids[~is_frame][:, 0]).all()
+    assert (targets[~is_frame & real] == ids[~is_frame & real][:, 0]).all()
+    assert (targets[~real] == toy_world.IGNORE_ID).all() and (ids[~real] == -1).all()
+
+
+def test_stage0_lines_are_packed_whole_and_read_alone(toy):
+    """Stage 0 packs whole lines into a block, and each line attends to itself only, from
+    position 0: its logits in a packed block are the logits of the line given alone (float32
+    rounding apart: a masked-out key adds exactly 0, so only the summation order differs)."""
+    import train
+    from pangu import Pangu, PanguConfig
+
+    tok = PanguTokenizer(toy["tokenizer"])
+    lines = [line.replace("\\n", "\n") for line in toy["corpus"].read_text(encoding="utf-8").splitlines()][:60]
+    make = toy_world.corpus_blocks(lines, tok, block=128, batch=2, seed=0, rank=0, world=1)
+    batch = next(make(0, 0))
+    doc, pos = batch["doc"], batch["pos"]
+    assert (doc[:, 0] == 0).all() and (pos[doc >= 0] >= 0).all()
+    starts = (pos == 0) & (doc >= 0)
+    assert starts.sum(1).min() >= 2  # several lines in a block
+    torch.manual_seed(0)
+    model = Pangu(PanguConfig.from_name("toy", n_layers=2)).eval()
+    embed = lambda ids: (model.embed(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(2)
+    captured = {}
+    real_forward = model.forward
+    model.forward = lambda **kw: captured.setdefault("logits", real_forward(**kw))
+    with torch.no_grad():
+        loss, n = train.pretrain_step(model, batch)
+        packed = captured["logits"]
+        for b in range(2):
+            for j in doc[b].unique().tolist():
+                if j < 0:
+                    continue
+                at = (doc[b, :-1] == j).nonzero().squeeze(1)
+                alone = real_forward(inputs_embeds=embed(batch["ids"][b : b + 1, at]))
+                torch.testing.assert_close(packed[b, at], alone[0], rtol=1e-4, atol=1e-4)
+    targets = batch["targets"][:, 1:]
+    assert n == int((targets != toy_world.IGNORE_ID).sum()) and torch.isfinite(loss)
 
 
 def test_toy_whisper_targets_follow_the_alignment(toy):
