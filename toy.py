@@ -996,6 +996,12 @@ def line_positions(line: str, tokenizer) -> list[list[int]]:
     return [[i] for i in head] + frames + [[i] for i in tail]
 
 
+def embed_positions(model, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, K) ids of stage-0 positions (-1: none) -> (B, L, dim): each position the sum of its
+    ids' embeddings in the toy Pangu `model` (one id for text, several for a frame)."""
+    return (model.embed(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(2)
+
+
 def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int, rank: int, world: int):
     """Stage 0 data: whole lines (their positions + EOS) packed greedily into blocks of block + 1
     positions (a longer line is cut), the rest of a block padding; each epoch shuffles the blocks
@@ -1011,12 +1017,13 @@ def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int
     for line in lines:
         docs.append((line_positions(line, tokenizer) + [[tokenizer.eos_id]])[: block + 1])
     width = max(len(p) for d in docs for p in d)
-    blocks, current = [], []
+    blocks, current, used = [], [], 0
     for d in docs:
-        if sum(map(len, current)) + len(d) > block + 1:
+        if used + len(d) > block + 1:
             blocks.append(current)
-            current = []
+            current, used = [], 0
         current.append(d)
+        used += len(d)
     if current:
         blocks.append(current)
     n = len(blocks)

@@ -30,7 +30,15 @@ from device import BACKENDS, peak_memory_gb, pick_device, synchronize, use_bf16
 from model import IOSUMConfig, IOSUMPangu
 from pangu import IGNORE_ID, Pangu, PanguConfig, lm_loss, load_pangu
 from tokenizer import PanguTokenizer
-from toy import ToyWhisper, WithFrameTargets, corpus_loaders, ensure_toy_world, read_alignment, toy_paths
+from toy import (
+    ToyWhisper,
+    WithFrameTargets,
+    corpus_loaders,
+    embed_positions,
+    ensure_toy_world,
+    read_alignment,
+    toy_paths,
+)
 from whisper_enc import WhisperEncoder, load_whisper
 
 # The release's optimisation settings (docs/release.md §9), for every preset but the toy one. The frame
@@ -537,7 +545,7 @@ def pretrain_step(model, batch):
     K), a position's embedding the sum of its ids' (-1: none), targets (B, L + 1); each position
     attends to the earlier positions of its own line ("doc"), numbered from the line's start ("pos")."""
     ids, targets, doc = batch["ids"][:, :-1], batch["targets"][:, 1:], batch["doc"][:, :-1]
-    embeds = (getattr(model, "module", model).embed(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(2)  # (B, L, D)
+    embeds = embed_positions(getattr(model, "module", model), ids)  # (B, L, D)
     L = doc.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=doc.device).tril()
     mask = (doc[:, :, None] == doc[:, None, :]) & causal | torch.eye(L, dtype=torch.bool, device=doc.device)

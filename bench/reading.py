@@ -53,13 +53,9 @@ def to_ids(rows: list[list[list[int]]]) -> torch.Tensor:
     return ids
 
 
-def embed(model: Pangu, ids: torch.Tensor) -> torch.Tensor:
-    return (model.embed(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(2)
-
-
 @torch.no_grad()
 def answer(model: Pangu, tok: PanguTokenizer, heard: dict, instruction: str, max_new: int = 16) -> str:
-    x = embed(model, to_ids([toy.line_positions(prompt(heard, instruction), tok)]))
+    x = toy.embed_positions(model, to_ids([toy.line_positions(prompt(heard, instruction), tok)]))
     out = []
     for _ in range(max_new):
         nxt = int(model(inputs_embeds=x)[0, -1].argmax())
@@ -101,7 +97,7 @@ def fresh(args, tok: PanguTokenizer, speakers: list[dict], dev: list[dict]) -> N
         targets = torch.full(ids.shape[:2], IGNORE_ID, dtype=torch.long)
         for b, (row, n) in enumerate(zip(rows, split)):
             targets[b, n - 1 : len(row) - 1] = ids[b, n : len(row), 0]  # the answer only
-        loss = lm_loss(model(inputs_embeds=embed(model, ids)), targets)
+        loss = lm_loss(model(inputs_embeds=toy.embed_positions(model, ids)), targets)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
