@@ -78,7 +78,7 @@ TOY["joint"] = dict(  # each part at the lr of its decoupled stage
     lr=TOY[3]["lr"], speech_lr=TOY[1]["lr"], warmup=TOY[1]["warmup"], steps=sum(TOY[s]["steps"] for s in (1, 2, 3))
 )
 # The toy Whisper stays frozen after stage 0: trained in stage 1 beside a fresh adapter, it drifted
-# while the adapter was still position-only (README, "what limits it").
+# while the adapter was still position-only (docs/study/history.md).
 TOY_COMMON = dict(
     accum=1,
     clip=5.0,

@@ -10,7 +10,7 @@ distance between the outputs for real and zero mel, over the mean output norm.
     python bench/speech_use.py                                    # runs/toy/stage1/final
     python bench/speech_use.py --model runs/toy/stage3/final --stage 3 --batches 8
 
-Measured (toy study, seed 1234, 2-core x86-64 CPU): see README "What limits it".
+Measured (toy study, seed 1234, 2-core x86-64 CPU): see docs/study/history.md.
 """
 
 import argparse
