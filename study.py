@@ -118,6 +118,31 @@ def infer_and_score(model_dir: Path, test_list: Path, kind: str, out: Path, thre
 # ----------------------------------------------------------------------------- one seed
 
 
+def check_world(run_dir: Path, params: dict) -> None:
+    """A run folder remembers the toy world it was trained on (`world.json`: toy.py's parameters).
+    The rerun of a changed world (say, another --reading, or a new default) would skip the parts
+    trained on the old one and report them as this world's: it stops instead, and says why."""
+    record = run_dir / "world.json"
+    trained = [d.name for d in sorted(run_dir.glob("*")) if _done(d)]
+    if record.exists():
+        was = json.loads(record.read_text(encoding="utf-8"))
+        if was != params:
+            changed = ", ".join(f"{k} {was.get(k)} -> {v}" for k, v in params.items() if was.get(k) != v)
+            raise SystemExit(
+                f"{run_dir} was trained on another toy world ({changed}; {record}): "
+                "run with --fresh to train again, or give another --out"
+            )
+    elif trained:
+        raise SystemExit(
+            f"{run_dir} holds parts trained on a toy world it did not record ({', '.join(trained)}; no "
+            f"{record.name}: trained before study.py recorded it): run with --fresh to train again, "
+            "or give another --out"
+        )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(record, json.dumps(params, indent=1) + "\n")
+
+
 def _part_beside(stage, run_dir: Path, world: dict, seed: int, scale: float, threads: int, log: Path, done) -> None:
     """A training part in a process of its own, beside the main one: its output goes to `log`;
     it reports (seconds, None) or (None, the error) through `done`."""
@@ -433,6 +458,9 @@ def main(argv=None) -> dict:
     n_train, n_dev, n_test = args.world_size
     world = ensure_toy_world(args.toy_dir, n_train=n_train, n_dev=n_dev, n_test=n_test, reading=args.reading)
     times["toy world"] = round(time.time() - t, 1)
+    params = json.loads(world["index"].read_text(encoding="utf-8"))["params"]
+    for d in run_dirs:
+        check_world(d, params)
     per_seed = [run_seed(args, args.seed + i, d, world, times) for i, d in enumerate(run_dirs)]
     report = write_report(root, per_seed, times, args, wall=round(time.time() - t, 1))
     plots = plot(root, run_dirs, per_seed)

@@ -115,3 +115,24 @@ def test_part_trained_beside_matches_trained_alone(tiny_study, tmp_path):
     a = load_file(out / "joint" / "final" / "model.safetensors")
     b = load_file(tmp_path / "joint" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_on_another_world_stops(tiny_study, tmp_path):
+    """A run folder records its toy world; a rerun on another one (here --reading 0) or on runs
+    that recorded none stops with a message naming the change, before any part is trained."""
+    root, argv, _ = tiny_study
+    out = root / "runs" / "toy"
+    record = out / "world.json"
+    assert json.loads(record.read_text(encoding="utf-8")) == toy._toy_params_at(root / "toy")
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/log.jsonl")}
+    other = [a if a != str(root / "toy") else str(tmp_path / "toy0") for a in argv] + ["--reading", "0"]
+    with pytest.raises(SystemExit, match=r"another toy world \(reading \d+ -> 0"):
+        study.main(other)
+    kept = record.read_text(encoding="utf-8")
+    record.unlink()  # runs from before study.py recorded the world
+    try:
+        with pytest.raises(SystemExit, match="did not record"):
+            study.main(argv)
+    finally:
+        record.write_text(kept, encoding="utf-8")
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/log.jsonl")} == stamps  # nothing trained
