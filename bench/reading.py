@@ -123,7 +123,8 @@ def main() -> None:
         p.error("give --model DIR or --fresh")
     torch.set_num_threads(args.threads)
     paths = toy.toy_paths(args.toy_dir)
-    tok = PanguTokenizer(paths["tokenizer"])
+    own = Path(args.model or "") / "tokenizer.model"  # a model reads with the tokenizer it was trained with
+    tok = PanguTokenizer(own if args.model and own.is_file() else paths["tokenizer"])
     dev = list(toy.read_alignment(paths["dev"].parent / "alignment.jsonl").values())
     if args.fresh:
         speakers = json.loads(paths["index"].read_text(encoding="utf-8"))["speakers"]
