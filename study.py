@@ -29,7 +29,7 @@ import torch
 import train
 from checkpoint import atomic_write
 from model import IOSUMPangu
-from toy import READING_PER_TRAIN, ensure_toy_world
+from toy import READING_PER_TRAIN, ensure_toy_world, toy_params_at
 
 # The paper's numbers for the tables' "paper" columns (docs/release.md §8; Tables 2, 3, 6).
 PAPER_IFR = {"decoupled": 90.2, "joint": 51.5, "Qwen2-Audio-Instruct": 71.3}
@@ -123,7 +123,6 @@ def check_world(run_dir: Path, params: dict) -> None:
     The rerun of a changed world (say, another --reading, or a new default) would skip the parts
     trained on the old one and report them as this world's: it stops instead, and says why."""
     record = run_dir / "world.json"
-    trained = [d.name for d in sorted(run_dir.glob("*")) if _done(d)]
     if record.exists():
         was = json.loads(record.read_text(encoding="utf-8"))
         if was != params:
@@ -132,7 +131,7 @@ def check_world(run_dir: Path, params: dict) -> None:
                 f"{run_dir} was trained on another toy world ({changed}; {record}): "
                 "run with --fresh to train again, or give another --out"
             )
-    elif trained:
+    elif trained := [d.name for d in sorted(run_dir.glob("*")) if _done(d)]:
         raise SystemExit(
             f"{run_dir} holds parts trained on a toy world it did not record ({', '.join(trained)}; no "
             f"{record.name}: trained before study.py recorded it): run with --fresh to train again, "
@@ -458,9 +457,8 @@ def main(argv=None) -> dict:
     n_train, n_dev, n_test = args.world_size
     world = ensure_toy_world(args.toy_dir, n_train=n_train, n_dev=n_dev, n_test=n_test, reading=args.reading)
     times["toy world"] = round(time.time() - t, 1)
-    params = json.loads(world["index"].read_text(encoding="utf-8"))["params"]
     for d in run_dirs:
-        check_world(d, params)
+        check_world(d, toy_params_at(world["root"]))
     per_seed = [run_seed(args, args.seed + i, d, world, times) for i, d in enumerate(run_dirs)]
     report = write_report(root, per_seed, times, args, wall=round(time.time() - t, 1))
     plots = plot(root, run_dirs, per_seed)

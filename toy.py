@@ -855,7 +855,7 @@ def ensure_toy_world(
     paths = toy_paths(Path(root))
     root = Path(root).resolve()  # a link (toy_data -> elsewhere) is rebuilt where it points
     params = _toy_params(seed, n_train, n_dev, n_test, n_shards, reading)
-    if _toy_params_at(root) == params:
+    if toy_params_at(root) == params:
         return paths
     if root.exists() and not toy_paths(root)["index"].is_file() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a toy world (no toy_world.json)")
@@ -865,7 +865,7 @@ def ensure_toy_world(
     # test workers) never read a half-written world.
     tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
     build_toy_world(tmp, seed, n_train, n_dev, n_test, n_shards, reading)
-    if _toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
+    if toy_params_at(root) not in (None, params):  # a world of other parameters: replace it
         shutil.rmtree(root)
     try:
         tmp.rename(root)
@@ -875,7 +875,8 @@ def ensure_toy_world(
     return paths
 
 
-def _toy_params_at(root: Path) -> dict | None:
+def toy_params_at(root: Path) -> dict | None:
+    """The parameters the toy world at `root` was built with (None: no world there)."""
     index = toy_paths(root)["index"]
     return json.loads(index.read_text(encoding="utf-8"))["params"] if index.is_file() else None
 

@@ -550,7 +550,7 @@ def pretrain_step(model, batch):
     embeds = embed_positions(getattr(model, "module", model), ids)  # (B, L, D)
     L = doc.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=doc.device).tril()
-    mask = (doc[:, :, None] == doc[:, None, :]) & causal | torch.eye(L, dtype=torch.bool, device=doc.device)
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal  # the diagonal is always in: no row attends to nothing
     logits = model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=batch["pos"][:, :-1])
     return lm_loss(logits, targets), int((targets != IGNORE_ID).sum())
 

@@ -123,7 +123,7 @@ def test_rerun_on_another_world_stops(tiny_study, tmp_path):
     root, argv, _ = tiny_study
     out = root / "runs" / "toy"
     record = out / "world.json"
-    assert json.loads(record.read_text(encoding="utf-8")) == toy._toy_params_at(root / "toy")
+    assert json.loads(record.read_text(encoding="utf-8")) == toy.toy_params_at(root / "toy")
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/log.jsonl")}
     other = [a if a != str(root / "toy") else str(tmp_path / "toy0") for a in argv] + ["--reading", "0"]
     with pytest.raises(SystemExit, match=r"another toy world \(reading \d+ -> 0"):
