@@ -67,3 +67,32 @@ def test_dev_and_test_words_are_new_to_instructions():
     for lang, lexicon in tasks.LEXICON.items():
         new = [w for c, (train, dev, test) in lexicon.items() for w in dev + test if w not in train]
         assert len(new) >= len(lexicon), lang
+
+
+def test_phrasings_bench_finds_each_instructions_frame():
+    """bench/phrasings.py reads the frame back from an instruction: for every split, language,
+    tag count and frame, the frame filled with clauses of its split is found as that frame."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "phrasings.py"
+    spec = importlib.util.spec_from_file_location("phrasings", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    checked = 0
+    for split in tasks.SPLITS:
+        for lang, by_count in tasks.FRAMES.items():
+            for n, frames in by_count.items():
+                combo = next(t for t in tasks.TASK_COMBOS if len(t) == n)
+                clauses = [tasks._clauses(t, lang, split) for t in combo]
+                for frame in frames[tasks.SPLITS.index(split)]:
+                    for k in range(2):  # two fillings: the first and the last clauses
+                        a, b = clauses[0][-k], clauses[-1][-k]
+                        text = frame.format(a=a, A=a[0].upper() + a[1:], b=b, B=b[0].upper() + b[1:])
+                        assert bench.find_frame(text, n, split) == frame, (split, text)
+                        checked += 1
+    assert checked == 2 * sum(len(f) for c in tasks.FRAMES.values() for fs in c.values() for f in fs)
+    assert bench.find_frame("Transcribe the audio, please.", 1, "test") == "?"  # a train frame
+    assert bench.error_kind(("<asr>", "<style>"), ("<style>",)) == "+<asr>"
+    assert bench.error_kind(("<asr>",), ("<asr>", "<emotion>")) == "-<emotion>"
+    assert bench.error_kind(("<age>",), ("<gender>",)) == "other"
