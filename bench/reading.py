@@ -13,6 +13,11 @@ instruction, the loss on the answer only, one line a row (no packing), and print
 every 50 steps. It tells whether a setting (learning rate, frame format) lets a toy LLM learn to
 read at all, apart from stage 0's data mix.
 
+With `--model` it also asks `<chat>` of fresh spoken questions of the dev speakers ("what is
+two plus four", drawn as toy.py draws the chat task's, text-only: exact frames again) and every
+arithmetic fact of the stage-0 corpus as plain text ("what is two plus four ?"): whether the toy
+LLM answers a question it reads, and whether it knows the answer at all.
+
 Measured (2-core AMD EPYC, one thread, seed 0; README): see "What limits it".
 """
 
@@ -66,6 +71,42 @@ def answer(model: Pangu, tok: PanguTokenizer, heard: dict, instruction: str, max
     return tok.decode(out, skip_special=False)
 
 
+@torch.no_grad()
+def text_answer(model: Pangu, tok: PanguTokenizer, text: str, max_new: int = 3) -> str:
+    """Greedy continuation of a plain text line (no chat layout), as the corpus writes its facts."""
+    x = torch.tensor([tok.encode(text, bos=True)])
+    n = x.shape[1]
+    for _ in range(max_new):
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], 1)
+    return tok.decode(x[0, n:].tolist())
+
+
+def chat_questions(speakers: list[dict], n: int, seed: int = 0) -> list[tuple[dict, str]]:
+    """n fresh spoken questions of the dev speakers, as (heard, answer): text-only specs of toy.py's
+    chat task (its words, layout, speaker and attributes drawn as the dev split's)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        for spec in toy._toy_utterances(rng, "dev", 1, speakers):
+            if spec["tags"] == ("<chat>",) and len(out) < n:
+                a = spec["attrs"]
+                layout = toy._toy_layout(rng, spec["words"], a["<age>"], a["<style>"], a["<caption>"])
+                out.append((toy._heard(spec, layout), spec["answer"]))
+    return out
+
+
+def arithmetic_facts() -> list[tuple[str, str]]:
+    """Every 'what is A plus/minus B ?' of the stage-0 corpus (toy._corpus), with its answer."""
+    digits, facts = toy.TOY_DIGITS, []
+    for a in range(10):
+        for b in range(10):
+            if a + b <= 9:
+                facts.append((f"what is {digits[a]} plus {digits[b]} ?", digits[a + b]))
+            if a >= b:
+                facts.append((f"what is {digits[a]} minus {digits[b]} ?", digits[a - b]))
+    return facts
+
+
 def read_wer(model: Pangu, tok: PanguTokenizer, dev: list[dict]) -> float:
     model.eval()
     hyps = [answer(model, tok, h, "<asr>").replace("<asr>", "").strip() or "-" for h in dev]
@@ -113,6 +154,7 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="train a fresh toy LLM on reading lines alone")
     p.add_argument("--toy-dir", default="toy_data")
     p.add_argument("--n", type=int, default=40, help="dev utterances read")
+    p.add_argument("--chat", type=int, default=40, help="fresh spoken questions of the dev speakers asked <chat>")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=32)
@@ -137,6 +179,15 @@ def main() -> None:
         print(f"  {tag:10s} {right} / 20")
     events = [h for h in dev if h["event"]][:20]
     print(f"  <caption>  {sum(h['event'] in answer(model, tok, h, '<caption>') for h in events)} / {len(events)}")
+    speakers = json.loads(paths["index"].read_text(encoding="utf-8"))["speakers"]
+    questions = chat_questions(speakers, args.chat)
+    right = sum(answer(model, tok, h, "<chat>").removeprefix("<chat>").strip() == a for h, a in questions)
+    said = [" ".join(h["words"]) for h, _ in questions]
+    read = sum(answer(model, tok, h, "<asr>").removeprefix("<asr>").strip() == w for (h, _), w in zip(questions, said))
+    print(f"  <chat>     {right} / {len(questions)} answered (the question read exactly: {read} / {len(questions)})")
+    facts = arithmetic_facts()
+    known = sum(text_answer(model, tok, q).split()[:1] == [a] for q, a in facts)
+    print(f"  as text    {known} / {len(facts)} arithmetic facts of the corpus answered")
 
 
 if __name__ == "__main__":
