@@ -13,10 +13,12 @@ instruction, the loss on the answer only, one line a row (no packing), and print
 every 50 steps. It tells whether a setting (learning rate, frame format) lets a toy LLM learn to
 read at all, apart from stage 0's data mix.
 
-With `--model` it also asks `<chat>` of fresh spoken questions of the dev speakers ("what is
-two plus four", drawn as toy.py draws the chat task's, text-only: exact frames again) and every
-arithmetic fact of the stage-0 corpus as plain text ("what is two plus four ?"): whether the toy
-LLM answers a question it reads, and whether it knows the answer at all.
+With `--model` it also asks `<asr><align>` (the timestamps' error as ifr_eval.py's SRWT
+scores it, against the frames' own times rounded as the data writes them), `<chat>` of fresh
+spoken questions of the dev speakers ("what is two plus four", drawn as toy.py draws the chat
+task's, text-only: exact frames again), and every arithmetic fact of the stage-0 corpus as
+plain text ("what is two plus four ?"): whether the toy LLM answers a question it reads, and
+whether it knows the answer at all.
 
 Measured (2-core AMD EPYC, one thread, seed 0; README): see "What limits it".
 """
@@ -34,6 +36,7 @@ import jiwer  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import ifr_eval  # noqa: E402
 import toy  # noqa: E402
 from model import PATTERN2, SYSTEM_SPEECH, pattern1  # noqa: E402
 from pangu import IGNORE_ID, Pangu, PanguConfig, lm_loss, load_pangu  # noqa: E402
@@ -179,6 +182,16 @@ def main() -> None:
         print(f"  {tag:10s} {right} / 20")
     events = [h for h in dev if h["event"]][:20]
     print(f"  <caption>  {sum(h['event'] in answer(model, tok, h, '<caption>') for h in events)} / {len(events)}")
+    stamps = [
+        {
+            "task": "<ALIGN>",
+            "txt": " ".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(h["words"], h["times"])),
+            "output": answer(model, tok, h, "<asr><align>", max_new=64),
+        }
+        for h in dev[: args.n]
+    ]
+    align = ifr_eval.evaluate(stamps)["metrics"].get("align", {})
+    print(f"  <align>    {align.get('mean_error_s')} s mean start + end error on {align.get('aligned')} % of words")
     speakers = json.loads(paths["index"].read_text(encoding="utf-8"))["speakers"]
     questions = chat_questions(speakers, args.chat)
     right = sum(answer(model, tok, h, "<chat>").removeprefix("<chat>").strip() == a for h, a in questions)
