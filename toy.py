@@ -758,17 +758,24 @@ def _reading_lines(rng: np.random.Generator, speakers: list[dict], n_per_task: i
     return lines
 
 
+def arithmetic_facts() -> list[tuple[str, str]]:
+    """The corpus's arithmetic, as (question, answer): 'what is A plus/minus B ?' for every pair of
+    toy digits whose result is a toy digit (what the chat task asks, spoken)."""
+    facts = []
+    for a, b in itertools.product(range(10), repeat=2):
+        if a + b <= 9:
+            facts.append((f"what is {TOY_DIGITS[a]} plus {TOY_DIGITS[b]} ?", TOY_DIGITS[a + b]))
+        if a >= b:
+            facts.append((f"what is {TOY_DIGITS[a]} minus {TOY_DIGITS[b]} ?", TOY_DIGITS[a - b]))
+    return facts
+
+
 def _corpus(train_targets: list[str], chats: list[str], rng: np.random.Generator) -> list[str]:
     """Stage-0 text for the toy LLM, from the train side only (no dev or test phrasing in it, and
     no intent -> tag pair: stage 2 teaches that): the train targets, arithmetic facts, random word
     strings, train phrasings as plain text, and the language of the instructions (CARRIERS,
     SYNONYM, OTHER_REQUESTS over every word of the LEXICON), as a real LLM knows its language."""
-    corpus = list(train_targets) + list(chats)
-    for a, b in itertools.product(range(10), repeat=2):
-        if a + b <= 9:
-            corpus.append(f"what is {TOY_DIGITS[a]} plus {TOY_DIGITS[b]} ? {TOY_DIGITS[a + b]}")
-        if a >= b:
-            corpus.append(f"what is {TOY_DIGITS[a]} minus {TOY_DIGITS[b]} ? {TOY_DIGITS[a - b]}")
+    corpus = list(train_targets) + list(chats) + [f"{q} {a}" for q, a in arithmetic_facts()]
     corpus += [" ".join(rng.choice(TOY_WORDS, int(rng.integers(3, 8)))) for _ in range(1000)]
     for lang in ("en", "zh"):
         train = [s for tags in TASK_COMBOS for s in instruction_bank(tags)["train"] if (s.isascii() == (lang == "en"))]

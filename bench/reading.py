@@ -98,18 +98,6 @@ def chat_questions(speakers: list[dict], n: int, seed: int = 0) -> list[tuple[di
     return out
 
 
-def arithmetic_facts() -> list[tuple[str, str]]:
-    """Every 'what is A plus/minus B ?' of the stage-0 corpus (toy._corpus), with its answer."""
-    digits, facts = toy.TOY_DIGITS, []
-    for a in range(10):
-        for b in range(10):
-            if a + b <= 9:
-                facts.append((f"what is {digits[a]} plus {digits[b]} ?", digits[a + b]))
-            if a >= b:
-                facts.append((f"what is {digits[a]} minus {digits[b]} ?", digits[a - b]))
-    return facts
-
-
 def frame_stamps(heard: dict) -> str:
     """The best stamps the frames allow: each word from its first to its last 80 ms frame's end,
     rounded to 0.1 s as the data writes them (the format's floor for the timestamps' error)."""
@@ -214,7 +202,7 @@ def main() -> None:
     said = [" ".join(h["words"]) for h, _ in questions]
     read = sum(answer(model, tok, h, "<asr>").removeprefix("<asr>").strip() == w for (h, _), w in zip(questions, said))
     print(f"  <chat>     {right} / {len(questions)} answered (the question read exactly: {read} / {len(questions)})")
-    facts = arithmetic_facts()
+    facts = toy.arithmetic_facts()
     known = sum(text_answer(model, tok, q).split()[:1] == [a] for q, a in facts)
     print(f"  as text    {known} / {len(facts)} arithmetic facts of the corpus answered")
 
