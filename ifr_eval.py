@@ -114,10 +114,15 @@ def units(text: str, lang: str) -> list[str]:
     return re.findall(rf"[{_HAN}]|[^\s{_HAN}]+", text) if lang == "zh" else text.split()
 
 
+def text_lang(text: str) -> str:
+    """'zh' if the text holds a Han character, else 'en'."""
+    return "zh" if re.search(f"[{_HAN}]", text) else "en"
+
+
 def _lang(record: dict, reference: str) -> str:
     if record.get("lang") in ("en", "zh"):
         return record["lang"]
-    return "zh" if re.search(f"[{_HAN}]", reference) else "en"
+    return text_lang(reference)
 
 
 def _jiwer():

@@ -426,7 +426,7 @@ class IOSUMPangu(nn.Module):
         w = model.speech_token_emded.weight
         if verbose:
             print(f"loaded {path}: {n / 1e6:.1f} M parameters, {w.dtype}, {time.time() - t:.1f} s")
-        tokenizer = tokenizer or _tokenizer_file(llm_dir) or model.tokenizer_file
+        tokenizer = tokenizer or tokenizer_in(llm_dir) or model.tokenizer_file
         if tokenizer is not None:
             model.set_prompts(tokenizer)
         return model.eval()
@@ -546,7 +546,8 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.model"
 
 
-def _tokenizer_file(llm_dir) -> Path | None:
+def tokenizer_in(llm_dir) -> Path | None:
+    """The `tokenizer.model` of a model folder (an openPangu dir or one of our checkpoints), or None."""
     if llm_dir is not None and (Path(llm_dir) / TOKENIZER_NAME).exists():
         return Path(llm_dir) / TOKENIZER_NAME
     return None

@@ -21,7 +21,6 @@ Measured (toy study, 3 seeds, 2-core AMD EPYC): see README "What limits it".
 """
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -55,8 +54,7 @@ def ask(model: IOSUMPangu, instructions: list[str], audio: list | None = None, b
 
 def as_intent(instruction: str) -> str:
     """A speech instruction as a stage-2 text-intent query, in its own language."""
-    lang = "zh" if re.search(f"[{ifr_eval._HAN}]", instruction) else "en"
-    return f"{tasks.INTENT_ASK[lang]}:{instruction}"
+    return f"{tasks.INTENT_ASK[ifr_eval.text_lang(instruction)]}:{instruction}"
 
 
 def share(got: list, want: list) -> float:

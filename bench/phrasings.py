@@ -37,8 +37,7 @@ def frame_pattern(frame: str) -> re.Pattern:
 def find_frame(instruction: str, n_tags: int, split: str) -> str:
     """The split's frame of an instruction of n_tags clauses; the longest that fits when several
     do (a bare '{A}.' fits every sentence); '?' when none."""
-    lang = "zh" if re.search(f"[{ifr_eval._HAN}]", instruction) else "en"
-    frames = tasks.FRAMES[lang].get(n_tags, ((), (), ()))[tasks.SPLITS.index(split)]
+    frames = tasks.FRAMES[ifr_eval.text_lang(instruction)].get(n_tags, ((), (), ()))[tasks.SPLITS.index(split)]
     fits = [f for f in frames if frame_pattern(f).fullmatch(instruction)]
     return max(fits, key=len) if fits else "?"
 

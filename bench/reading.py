@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 import ifr_eval  # noqa: E402
 import toy  # noqa: E402
-from model import PATTERN2, SYSTEM_SPEECH, pattern1  # noqa: E402
+from model import PATTERN2, SYSTEM_SPEECH, pattern1, tokenizer_in  # noqa: E402
 from pangu import IGNORE_ID, Pangu, PanguConfig, lm_loss, load_pangu  # noqa: E402
 from tokenizer import PanguTokenizer  # noqa: E402
 
@@ -98,16 +98,22 @@ def chat_questions(speakers: list[dict], n: int, seed: int = 0) -> list[tuple[di
     return out
 
 
+def stamped(words: list[str], times: list) -> str:
+    """Words with their <start,end> stamps, written as the toy data writes them (toy._toy_text)."""
+    return toy._toy_text({"tags": ("<asr>", "<align>"), "words": words, "attrs": {}}, times)
+
+
 def frame_stamps(heard: dict) -> str:
-    """The best stamps the frames allow: each word from its first to its last 80 ms frame's end,
-    rounded to 0.1 s as the data writes them (the format's floor for the timestamps' error)."""
+    """The best stamps the frames allow: each word from its first to its last 80 ms frame's end
+    (the format's floor for the timestamps' error)."""
     frames = toy.frame_contents(heard, per=8)
-    units = []
+    words, times = [], []
     for i, word in enumerate(heard["words"]):
         ks = [k for k, c in enumerate(frames) if c == ("word", i)]
         if ks:
-            units.append(f"{word}<{ks[0] * 0.08:.1f},{(ks[-1] + 1) * 0.08:.1f}>")
-    return "<asr><align>" + " ".join(units)
+            words.append(word)
+            times.append((ks[0] * 0.08, (ks[-1] + 1) * 0.08))
+    return "<asr><align>" + stamped(words, times)
 
 
 def read_wer(model: Pangu, tok: PanguTokenizer, dev: list[dict]) -> float:
@@ -168,8 +174,8 @@ def main() -> None:
         p.error("give --model DIR or --fresh")
     torch.set_num_threads(args.threads)
     paths = toy.toy_paths(args.toy_dir)
-    own = Path(args.model or "") / "tokenizer.model"  # a model reads with the tokenizer it was trained with
-    tok = PanguTokenizer(own if args.model and own.is_file() else paths["tokenizer"])
+    # a model reads with the tokenizer it was trained with
+    tok = PanguTokenizer((args.model and tokenizer_in(args.model)) or paths["tokenizer"])
     dev = list(toy.read_alignment(paths["dev"].parent / "alignment.jsonl").values())
     if args.fresh:
         speakers = json.loads(paths["index"].read_text(encoding="utf-8"))["speakers"]
@@ -185,7 +191,7 @@ def main() -> None:
     stamps = [
         {
             "task": "<ALIGN>",
-            "txt": " ".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(h["words"], h["times"])),
+            "txt": stamped(h["words"], h["times"]),
             "output": answer(model, tok, h, "<asr><align>", max_new=64),
         }
         for h in dev[: args.n]

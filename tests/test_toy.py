@@ -284,7 +284,7 @@ def test_stage0_lines_are_packed_whole_and_read_alone(toy):
                 alone = real_forward(inputs_embeds=toy_world.embed_positions(model, batch["ids"][b : b + 1, at]))
                 # float32, logits of order 1: a masked key adds exactly 0, so the two differ only
                 # by summation order in matmuls of <= 257 terms (~1e-6 relative); 1e-4 holds on any CPU
-                torch.testing.assert_close(packed[b, at], alone[0], rtol=1e-4, atol=1e-4)  # ~100x the rounding
+                torch.testing.assert_close(packed[b, at], alone[0], rtol=1e-4, atol=1e-4)
     targets = batch["targets"][:, 1:]
     assert n == int((targets != toy_world.IGNORE_ID).sum()) and torch.isfinite(loss)
 
