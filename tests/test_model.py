@@ -719,3 +719,30 @@ def test_safetensors_aliases_do_not_stay_resident(reference_dir, reference_safet
     )
     grown_mb = int(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 100, f"{grown_mb} MB of the file stayed resident (the aliases are 205 MB)"
+
+
+def test_training_forward_on_target_positions_only(reference_dir, fx):
+    """all_logits=False (train.py) runs the LM head on the positions that predict a target only:
+    the same loss as the release's (and as the full forward), the same logits there, and the same
+    gradients, on the single utterance and the padded batch of two."""
+    model = load_reference(reference_dir, fx)
+    for batch, loss in ((single_batch(fx), fx["forward_loss"][0]), (batch2(fx), fx["batch2_forward_loss"][0])):
+        grads = []
+        for all_logits in (True, False):
+            model.zero_grad(set_to_none=True)
+            out = model(batch, all_logits=all_logits)
+            out["loss"].backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            if all_logits:
+                full = out["logits"].detach()
+        close(out["loss"], loss, atol=0, rtol=1e-5)  # as test_reference_single_utterance's loss
+        labels = model.build_inputs(batch)["labels"][:, 1:]
+        assert out["n_tokens"] == int((labels != -100).sum()) == out["logits"].shape[0]
+        # the same rows through a GEMM of fewer rows: ~1e-6 apart (ATOL as the parity tests)
+        close(out["logits"].detach(), full[:, :-1][labels != -100])
+        assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+        # measured bit-equal here (the logits' gradient is zero off the targets either way); a
+        # GEMM of fewer rows may order its sums otherwise on another CPU (~1e-7 of a tensor's
+        # largest entry): 1e-5 of it
+        for n, g in grads[1].items():
+            close(g, grads[0][n], atol=1e-5 * grads[0][n].abs().max().item(), rtol=0)
