@@ -578,6 +578,10 @@ class DataConf:
     text_weight: float = 1.0  # stage 3: copies of the stage-2 intent set per epoch
     max_bad_fraction: float = 0.2
     max_bad_count: int | None = None
+    # keep what every epoch would read again in memory: each list line's samples (audio still
+    # encoded) once read cleanly, each utterance's log-mel (before augmentation). For data that
+    # fits in memory (the toy's ~1000 utterances: ~40 MB): a toy step read its tars anew each epoch
+    cache: bool = False
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3) or self.split not in ("train", "dev", "test"):
@@ -633,6 +637,8 @@ class SpeechTextDataset(IterableDataset):
         self.skip: list[int] | None = None  # batches already consumed, per logical worker
         self.rotate = 0  # physical worker p runs logical worker (p + rotate) % W
         self._intents = intent_samples(self.conf.split)  # dev and test hold their phrasings out
+        self._lines: dict[tuple, tuple[list[dict], int]] = {}  # conf.cache: (samples, samples seen)
+        self._mels: dict[tuple, torch.Tensor] = {}  # conf.cache: (src, key) -> log-mel
 
     def items(self, epoch: int) -> list[tuple]:
         """The epoch's work list, identical on every rank and worker."""
@@ -653,8 +659,17 @@ class SpeechTextDataset(IterableDataset):
             if kind == "text":
                 counter.ok()
                 samples = [dict(self._intents[n])]
+            elif (kind, path, n) in self._lines:  # read cleanly before: the same samples, counted again
+                cached, seen = self._lines[kind, path, n]
+                counter.seen += seen
+                samples = [dict(s) for s in cached]
             else:
                 samples = read_line(kind, line, f"{path}:{n}", Path(path).parent, counter)
+                if self.conf.cache:
+                    bad, seen = counter.bad, counter.seen
+                    samples = list(samples)
+                    if counter.bad == bad:  # a line with bad data is read (and reported) every time
+                        self._lines[kind, path, n] = [dict(s) for s in samples], counter.seen - seen
             for s in samples:
                 s["rep"] = rep
                 yield s
@@ -700,12 +715,16 @@ class SpeechTextDataset(IterableDataset):
     def _features(self, r: dict, counter: BadDataCounter, kept: list, mels: list) -> None:
         """Decode, log-mel, augment one record (appended to kept/mels), or count it as bad."""
         conf = self.conf
-        try:
-            audio = decode_audio(r)
-        except AudioError as e:
-            counter.add("corrupt_audio", r["src"], str(e), seen=False)
-            return
-        mel = log_mel_spectrogram(audio, n_mels=conf.n_mels)  # (n_mels, T)
+        mel = self._mels.get((r["src"], r["key"]))
+        if mel is None:
+            try:
+                audio = decode_audio(r)
+            except AudioError as e:
+                counter.add("corrupt_audio", r["src"], str(e), seen=False)
+                return
+            mel = log_mel_spectrogram(audio, n_mels=conf.n_mels)  # (n_mels, T)
+            if conf.cache:
+                self._mels[r["src"], r["key"]] = mel
         if conf.augment:
             rng = random.Random(r["aug_seed"])
             mel = spec_aug(mel, rng, conf.num_t_mask, conf.num_f_mask, conf.max_t, conf.max_f)

@@ -300,6 +300,34 @@ def test_resume_continues_with_the_same_samples(toy, num_workers):
     assert epoch2 != [k for b in full for k in b["keys"]]
 
 
+def test_cache_changes_nothing_but_the_time(toy, tmp_path):
+    """cache=True (the toy's) gives the batches a loader without it gives, epoch after epoch: the
+    same keys, instructions and SpecAugment-ed mels; a list line with bad data is read (and its
+    bad data counted and reported) every epoch, and a clean line counts its samples as seen
+    every epoch, as when read anew."""
+    make = lambda cache: data.make_loader(  # noqa: E731
+        toy["train_mix"], toy["tokenizer"], stage=3, seed=5, max_frames_in_batch=1500, cache=cache
+    )
+    plain, cached = make(False), make(True)
+    for _ in range(2):
+        a, b = _batches(plain), _batches(cached)
+        assert [x["keys"] for x in a] == [x["keys"] for x in b]
+        for x, y in zip(a, b):
+            assert x["instruction_text"] == y["instruction_text"]
+            if x["kind"] == "speech":
+                assert torch.equal(x["mel"], y["mel"])
+    assert cached.dataset._lines and cached.dataset._mels  # it did keep them
+    sources = _bad_world(tmp_path)
+    for cache in (False, True):
+        ds = data.make_loader(sources, toy["tokenizer"], split="dev", max_bad_fraction=1.0, cache=cache).dataset
+        counters = [data.BadDataCounter(max_fraction=1.0) for _ in range(2)]
+        keys = [[s["key"] for s in ds._read(ds.items(0), c)] for c in counters]
+        assert keys[0] == keys[1] == ["good1", "missing", "corrupt", "unknown", "empty", "good2"]
+        assert counters[0].counts == counters[1].counts == {"bad_json": 1, "missing_file": 1}
+        assert counters[0].seen == counters[1].seen == 8
+    assert len(ds._lines) == 6  # the broken JSON line and the missing shard are not kept
+
+
 # ----------------------------------------------------------------------------- bad data
 
 
