@@ -929,20 +929,34 @@ def read_alignment(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
 
 
-def frame_targets(alignment: dict[str, dict], keys: list[str], frames: int) -> dict[str, torch.Tensor]:
+def frame_target_rows(heard: dict) -> dict[str, torch.Tensor]:
+    """One utterance's toy-Whisper targets per head, (frames,) class ids of each 20 ms frame of
+    it; the attributes IGNORE_ID off its words."""
+    frames = frame_contents(heard, per=2)
+    rows = {name: torch.full((len(frames),), IGNORE_ID) for name in ("sound", *ATTRIBUTES)}
+    for k, (what, i) in enumerate(frames):
+        sound = heard["words"][i] if what == "word" else heard["event"] if what == "event" else "<SILENCE>"
+        rows["sound"][k] = SOUNDS.index(sound)
+        if what == "word":
+            for a in ATTRIBUTES:
+                rows[a][k] = TOY_LABELS[f"<{a}>"].index(heard[a])
+    return rows
+
+
+def frame_targets(alignment: dict[str, dict], keys: list[str], frames: int, rows: dict | None = None) -> dict:
     """The toy Whisper's targets of a batch: per head (B, frames) class ids of each 20 ms frame,
-    IGNORE_ID past an utterance's end, and for the attributes off its words."""
+    IGNORE_ID past an utterance's end, and for the attributes off its words. `rows`: a dict that
+    keeps each key's `frame_target_rows` across batches."""
+    rows = {} if rows is None else rows
     out = {name: torch.full((len(keys), frames), IGNORE_ID, dtype=torch.long) for name in ("sound", *ATTRIBUTES)}
     for b, key in enumerate(keys):
         if key not in alignment:
             raise KeyError(f"utterance {key!r} is not in the alignment file: the toy Whisper needs every one")
-        heard = alignment[key]
-        for k, (what, i) in enumerate(frame_contents(heard, per=2)[:frames]):
-            sound = heard["words"][i] if what == "word" else heard["event"] if what == "event" else "<SILENCE>"
-            out["sound"][b, k] = SOUNDS.index(sound)
-            if what == "word":
-                for a in ATTRIBUTES:
-                    out[a][b, k] = TOY_LABELS[f"<{a}>"].index(heard[a])
+        if key not in rows:
+            rows[key] = frame_target_rows(alignment[key])
+        for name, row in rows[key].items():
+            n = min(len(row), frames)
+            out[name][b, :n] = row[:n]
     return out
 
 
@@ -952,6 +966,7 @@ class WithFrameTargets:
 
     def __init__(self, loader, alignment: dict[str, dict]):
         self.loader, self.alignment = loader, alignment
+        self.rows: dict[str, dict] = {}  # each utterance's targets, made once
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
@@ -962,7 +977,7 @@ class WithFrameTargets:
     def __iter__(self):
         for batch in self.loader:
             frames = (batch["mel"].shape[-1] + 1) // 2
-            yield {**batch, "frame_targets": frame_targets(self.alignment, batch["keys"], frames)}
+            yield {**batch, "frame_targets": frame_targets(self.alignment, batch["keys"], frames, self.rows)}
 
 
 # ----------------------------------------------------------------------------- stage-0 data

@@ -303,6 +303,12 @@ def test_toy_whisper_targets_follow_the_alignment(toy):
         assert name == (inside[0] if inside else name if name in (h["event"], "<SILENCE>") else None)
         on_word = name in toy_world.TOY_WORDS
         assert (t["gender"][0, k] >= 0) == on_word
+    # in a batch cut short, with each key's rows kept across batches (WithFrameTargets): as alone
+    other, rows = next(k for k in heard if k != key), {}
+    for _ in range(2):
+        pair = toy_world.frame_targets(heard, [key, other], 10, rows)
+        assert all(torch.equal(pair[name][0], t[name][0, :10]) for name in t)
+    assert set(rows) == {key, other}
     with pytest.raises(KeyError, match="not in the alignment"):
         toy_world.frame_targets(heard, ["nope"], 4)
 
