@@ -42,8 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import data  # noqa: E402
 import train  # noqa: E402
 from model import IOSUMConfig, IOSUMPangu  # noqa: E402
+from toy import ensure_toy_world  # noqa: E402
 
 
 def proc_kib(field: str) -> int:
@@ -215,6 +217,44 @@ def toy_stage0_threads(steps: int) -> None:
     )
 
 
+def toy_step_parts(steps: int) -> None:
+    """A toy step of stages 1 and 3 on the toy world's batches (a fresh toy model: the time does
+    not depend on the weights), as it was and as train.py runs it now: the LM head on every
+    position -> on the target positions only (`all_logits=False`), AdamW one tensor at a time ->
+    fused, every epoch's tars and log-mels read anew -> kept (`cache=True`). Steps alternate
+    between the two ways on the same batches, so that a change in the machine's load hits both."""
+    world = ensure_toy_world(ROOT / "toy_data")
+    torch.set_num_threads(1)  # as study.py trains
+    for stage in (1, 3):
+        model = IOSUMPangu(IOSUMConfig.from_name("toy"))
+        model.set_prompts(world["tokenizer"])
+        for n, p in model.named_parameters():
+            p.requires_grad_(train.is_trainable(stage, n))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opts = {was: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=not was) for was in (True, False)}
+        conf = dict(stage=stage, seed=0, max_frames_in_batch=train.TOY_COMMON["batch_frames"], **train.TOY_AUGMENT)
+        data_ms = {}
+        for cache in (False, True):
+            loader = data.make_loader(world["train"], world["tokenizer"], cache=cache, **conf)
+            sum(1 for _ in loader)  # the first epoch reads everything either way
+            t = time.perf_counter()
+            batches = list(loader)
+            data_ms[cache] = (time.perf_counter() - t) / len(batches) * 1e3
+        times = {True: [], False: []}
+        for batch in batches[:: max(1, len(batches) // steps)][:steps]:  # spread over the epoch's kinds
+            for was in (True, False):
+                t = time.perf_counter()
+                model(batch, all_logits=was)["loss"].backward()
+                opts[was].step()
+                opts[was].zero_grad(set_to_none=True)
+                times[was].append(time.perf_counter() - t)
+        was, now = (statistics.median(times[k]) * 1e3 + data_ms[not k] for k in (True, False))
+        print(
+            f"toy stage {stage} step (median of {len(times[True])}, data included): was {was:.0f} ms "
+            f"(data {data_ms[False]:.1f}), now {now:.0f} ms (data {data_ms[True]:.1f}): {was / now:.2f}x"
+        )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -225,6 +265,7 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     p.add_argument("--toy-steps", type=int, default=12, help="steps per toy stage (0: skip)")
     p.add_argument("--thread-steps", type=int, default=30, help="toy stage-0 steps per thread count (0: skip)")
+    p.add_argument("--part-steps", type=int, default=30, help="toy steps per way, was / now (0: skip)")
     p.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--measure", default="time", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -261,6 +302,8 @@ def main():
         toy_stage_tokens(args.toy_steps)
     if not seven and args.thread_steps:
         toy_stage0_threads(args.thread_steps)
+    if not seven and args.part_steps:
+        toy_step_parts(args.part_steps)
 
 
 if __name__ == "__main__":
