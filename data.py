@@ -580,7 +580,7 @@ class DataConf:
     max_bad_count: int | None = None
     # keep what every epoch would read again in memory: each list line's samples (audio still
     # encoded) once read cleanly, each utterance's log-mel (before augmentation). For data that
-    # fits in memory (the toy's ~1000 utterances: ~40 MB): a toy step read its tars anew each epoch
+    # fits in memory (the toy's 1040 utterances: ~60 MB): a toy step read its tars anew each epoch
     cache: bool = False
 
     def __post_init__(self):
