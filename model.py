@@ -323,13 +323,14 @@ class IOSUMPangu(nn.Module):
         labels = x.pop("labels")
         shift_labels = labels[:, 1:]  # (B, L - 1): position t predicts token t + 1
         targets = shift_labels != IGNORE_ID
-        n_tokens = int(targets.sum())
+        h = self.llm.hidden(**x)  # (B, L, D)
         if all_logits:
-            logits = self.llm(**x)  # (B, L, V)
-            return dict(loss=lm_loss(logits[:, :-1], shift_labels), n_tokens=n_tokens, logits=logits)
-        h = self.llm.hidden(**x)[:, :-1][targets]  # (n_tokens, D)
-        logits = self.llm.lm_head(h)  # (n_tokens, V)
-        return dict(loss=lm_loss(logits[None], shift_labels[targets][None]), n_tokens=n_tokens, logits=logits)
+            logits = self.llm.lm_head(h)  # (B, L, V)
+            loss = lm_loss(logits[:, :-1], shift_labels)
+        else:
+            logits = self.llm.lm_head(h[:, :-1][targets])  # (n_tokens, V)
+            loss = lm_loss(logits[None], shift_labels[targets][None])
+        return dict(loss=loss, n_tokens=int(targets.sum()), logits=logits)
 
     # -- generation --------------------------------------------------------------------------
 

@@ -741,8 +741,7 @@ def test_training_forward_on_target_positions_only(reference_dir, fx):
         # the same rows through a GEMM of fewer rows: ~1e-6 apart (ATOL as the parity tests)
         close(out["logits"].detach(), full[:, :-1][labels != -100])
         assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-        # measured bit-equal here (the logits' gradient is zero off the targets either way); a
-        # GEMM of fewer rows may order its sums otherwise on another CPU (~1e-7 of a tensor's
-        # largest entry): 1e-5 of it
+        # measured bit-equal here (the logits' gradient is zero off the targets either way)
         for n, g in grads[1].items():
-            close(g, grads[0][n], atol=1e-5 * grads[0][n].abs().max().item(), rtol=0)
+            scale = grads[0][n].abs().max().item()  # float32 sum-order rounding elsewhere: ~1e-7 * scale
+            close(g, grads[0][n], atol=1e-5 * scale, rtol=0)  # 100x that: holds on any IEEE CPU
