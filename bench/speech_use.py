@@ -93,8 +93,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     model = IOSUMPangu.from_pretrained(args.model, verbose=False).eval()
     kinds = token_kinds(model)
-    dev = toy_paths(args.toy_dir)["dev"]
-    tok = model.tokenizer_file or Path(args.toy_dir) / "tokenizer.model"  # the pieces the model was trained with
+    paths = toy_paths(args.toy_dir)
+    dev = paths["dev"]
+    tok = model.tokenizer_file or paths["tokenizer"]  # the pieces the model was trained with
     loader = data.make_loader(dev, tok, stage=args.stage, split="dev", text_weight=0.0, max_frames_in_batch=1000)
     sums = {(m, k): [0.0, 0] for m in MODES for k in KINDS}
     shares = []
