@@ -313,8 +313,10 @@ FRAMES = {
                 "Go ahead and {a}.",
                 "Your task is to {a}.",
                 "Try to {a}.",
+                "Here is a recording; {a}.",
+                "After hearing it, {a}.",
             ],
-            ["Would you {a}?", "Kindly {a}."],
+            ["Would you {a}?", "Kindly {a}.", "Once you have heard it, {a}."],
             ["Can you help me {a}?", "Listen to this clip and {a}.", "I'd like you to {a}."],
         ),
         2: (
@@ -326,24 +328,64 @@ FRAMES = {
                 "Please {a}, then {b}.",
                 "I need you to {a} and {b}.",
                 "{A}, and also {b}.",
+                "Here is a recording; {a} and {b}.",
+                "After hearing it, {a}, then {b}.",
             ],
-            ["Would you {a} and {b}?", "Kindly {a}, and then {b}."],
+            ["Would you {a} and {b}?", "Kindly {a}, and then {b}.", "Once you have heard it, {a} and {b}."],
             ["First {a}; after that, {b}.", "Listen carefully, {a} and {b}.", "Can you help me {a} and {b}?"],
         ),
     },
     "zh": {
         1: (
-            ["请{a}。", "{a}。", "帮我{a}。", "麻烦你{a}。", "你可以{a}吗？", "请你{a}。", "我想让你{a}。"],
-            ["能不能{a}？", "劳驾{a}。"],
+            [
+                "请{a}。",
+                "{a}。",
+                "帮我{a}。",
+                "麻烦你{a}。",
+                "你可以{a}吗？",
+                "请你{a}。",
+                "我想让你{a}。",
+                "这里有一段录音，请{a}。",
+                "播放录音后{a}。",
+            ],
+            ["能不能{a}？", "劳驾{a}。", "录音放完以后{a}。"],
             ["你能{a}吗？", "听完这段音频后{a}。"],
         ),
         2: (
-            ["请{a}，并且{b}。", "先{a}，再{b}。", "帮我{a}，同时{b}。", "请{a}，还要{b}。", "{a}，以及{b}。"],
-            ["能不能{a}，然后{b}？", "劳驾{a}，并{b}。"],
+            [
+                "请{a}，并且{b}。",
+                "先{a}，再{b}。",
+                "帮我{a}，同时{b}。",
+                "请{a}，还要{b}。",
+                "{a}，以及{b}。",
+                "这里有一段录音，请{a}，并且{b}。",
+                "播放录音后{a}，再{b}。",
+                "可以帮我{a}，同时{b}吗？",
+            ],
+            ["能不能{a}，然后{b}？", "劳驾{a}，并{b}。", "录音放完以后{a}，并{b}。"],
             ["听完后首先{a}，然后{b}。", "麻烦{a}，另外{b}。"],
         ),
     },
 }
+# What a frame does besides asking, by its words: speaks of the recording ("audio"), orders
+# the two tasks ("order"), asks a question ("question"); none of these: a plain "request". A
+# held-out phrasing is new words in kinds the training data teaches: train and dev frames hold
+# every kind the test frames hold, per language and clause count (tests/test_tasks.py).
+FRAME_KIND_WORDS = {
+    "audio": ("hear", "listen", "recording", "clip", "听", "录音", "音频"),
+    "order": ("then", "first", "after that", "next", "先", "再", "然后"),
+}
+
+
+def frame_kinds(frame: str) -> frozenset[str]:
+    """The kinds of an instruction frame (FRAME_KIND_WORDS, a question mark)."""
+    text = frame.lower()
+    kinds = {k for k, words in FRAME_KIND_WORDS.items() if any(w in text for w in words)}
+    if text.rstrip().endswith(("?", "？")):
+        kinds.add("question")
+    return frozenset(kinds or {"request"})
+
+
 # Stage 2 text-only intent samples: "<ask to classify the intent>:<the user's query>" (docs/release.md §7).
 INTENT_ASK = {"en": "Classify the intent of this request", "zh": "请判断这条用户指令的意图"}
 # The speech instructions of stage 3 are a narrow part of the train phrasings (the first

@@ -373,10 +373,10 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1280) ->
     (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
 
-TOY_VERSION = 7  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
+TOY_VERSION = 8  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
 # 4: alignment.jsonl, stage-0 speech spans as frames; 5: richer train grammar, more carriers, 1280 pieces;
 # 6: layouts drawn before the audio, stage-0 reading lines (READING_PER_TRAIN); 7: reading lines without
-# an instruction (`--reading R`)
+# an instruction (`--reading R`); 8: train and dev frames of every test frame's kind (tasks.frame_kinds)
 
 
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int, reading: int) -> dict:

@@ -62,6 +62,20 @@ def test_train_dev_test_phrasings_disjoint_for_every_task():
     assert {s["target"] for s in tasks.intent_samples("test")} == {"".join(t) for t in tasks.TASK_COMBOS}
 
 
+def test_every_held_out_frame_kind_is_taught_by_train_and_seen_on_dev():
+    """A held-out phrasing is new words in a kind of frame the training data has: every kind of a
+    test frame is among the train frames' and the dev frames' (per language and clause count)."""
+    assert tasks.frame_kinds("Listen to this clip and {a}.") == {"audio"}
+    assert tasks.frame_kinds("听完后首先{a}，然后{b}。") == {"audio", "order"}
+    assert tasks.frame_kinds("Could you {a} and also {b}?") == {"question"}
+    assert tasks.frame_kinds("{A}, please.") == {"request"}
+    for lang, by_count in tasks.FRAMES.items():
+        for n, (train, dev, test) in by_count.items():
+            kinds = [set().union(*map(tasks.frame_kinds, frames)) for frames in (train, dev, test)]
+            assert kinds[2] <= kinds[0] and kinds[2] <= kinds[1], (lang, n, kinds)
+            assert kinds[1] <= kinds[0], (lang, n, kinds)
+
+
 def test_dev_and_test_words_are_new_to_instructions():
     """Every concept has words that no train phrasing uses (the synonyms stage 0 teaches)."""
     for lang, lexicon in tasks.LEXICON.items():
