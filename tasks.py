@@ -414,7 +414,7 @@ TASK_COMBOS = (
     ("<asr>", "<gender>"),
     ("<asr>", "<age>"),
 )
-_SLOT = re.compile(r"\[([A-Z]+)\]")
+SLOT = re.compile(r"\[([A-Z]+)\]")  # a clause template's slot, e.g. [TRANSCRIBE]
 
 
 def _clauses(tag: str, lang: str, split: str, speech: bool = False) -> list[str]:
@@ -426,9 +426,9 @@ def _clauses(tag: str, lang: str, split: str, speech: bool = False) -> list[str]
         words = {c: w[:SPEECH_WORDS] for c, w in words.items()}
     out = []
     for template in CLAUSES[lang][tag]:
-        slots = _SLOT.findall(template)
+        slots = SLOT.findall(template)
         for fill in itertools.product(*(words[s] for s in slots)):
-            pieces = _SLOT.split(template)  # text, slot, text, slot, ..., text
+            pieces = SLOT.split(template)  # text, slot, text, slot, ..., text
             pieces[1::2] = fill
             out.append("".join(pieces))
     return out

@@ -28,7 +28,7 @@ import soundfile as sf
 import torch
 
 from model import IGNORE_ID, PATTERN2, SYSTEM_GENERATE, SYSTEM_SPEECH, SYSTEM_TEXT, pattern1
-from tasks import CLAUSES, FRAMES, INTENT_ASK, LABELS, LEXICON, TAGS, TASK_COMBOS, instruction_bank, make_target
+from tasks import CLAUSES, FRAMES, INTENT_ASK, LABELS, LEXICON, SLOT, TAGS, TASK_COMBOS, instruction_bank, make_target
 from whisper_enc import HOP_LENGTH, SAMPLE_RATE
 
 # A synthetic "language" a tiny model can learn on a CPU in minutes. Each word is two vowel-like
@@ -797,13 +797,18 @@ def arithmetic_facts() -> list[tuple[str, str]]:
     return facts
 
 
+def _every_word(lang: str, concept: str) -> list[str]:
+    """A concept's words of every split (train, dev, test), each once."""
+    return list(dict.fromkeys(w for split in LEXICON[lang][concept] for w in split))
+
+
 def _clause_line(lang: str, rng: np.random.Generator) -> str:
     """One clause line: a random tag's random clause template, each slot a random word of its
     concept from any split, in a random NARRATIVE frame."""
     templates = list(CLAUSES[lang].values())[int(rng.integers(len(CLAUSES[lang])))]
-    pieces = re.split(r"\[([A-Z]+)\]", templates[int(rng.integers(len(templates)))])  # text, slot, text, ...
+    pieces = SLOT.split(templates[int(rng.integers(len(templates)))])  # text, slot, text, ...
     for k in range(1, len(pieces), 2):
-        words = list(dict.fromkeys(w for split in LEXICON[lang][pieces[k]] for w in split))
+        words = _every_word(lang, pieces[k])
         pieces[k] = words[int(rng.integers(len(words)))]
     frames = NARRATIVE[lang]
     return frames[int(rng.integers(len(frames)))].format("".join(pieces))
@@ -819,8 +824,7 @@ def _corpus(train_targets: list[str], chats: list[str], rng: np.random.Generator
     for lang in ("en", "zh"):
         corpus += [_clause_line(lang, rng) for _ in range(CLAUSE_LINES)]
         for concept, carriers in CARRIERS[lang].items():
-            words = [w for split in LEXICON[lang][concept] for w in split]
-            words = list(dict.fromkeys(words))
+            words = _every_word(lang, concept)
             for _ in range(CARRIER_LINES):
                 corpus.append(carriers[int(rng.integers(len(carriers)))].format(words[int(rng.integers(len(words)))]))
             for x, y in itertools.permutations(words, 2):

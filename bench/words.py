@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from intents import as_intent, ask  # noqa: E402  (bench/intents.py)
 from phrasings import find_frame  # noqa: E402  (bench/phrasings.py)
 
 import tasks  # noqa: E402
@@ -54,15 +55,6 @@ def held_out_words(lang: str, split: str, phrasing: str) -> list[str]:
     ]
 
 
-def tags_as_text(model: IOSUMPangu, rows: list, batch: int = 64) -> list[tuple]:
-    queries = [f"{tasks.INTENT_ASK[lang]}:{q}" for _, lang, q in rows]
-    out = []
-    for b in range(0, len(queries), batch):
-        texts, _ = model.generate(instruction=queries[b : b + batch], layout="train", max_new_tokens=4)
-        out += [tasks.parse_output(t)["tags"] for t in texts]
-    return out
-
-
 def table(title: str, keys: list[list[str]], right: np.ndarray) -> None:
     groups = defaultdict(list)
     for ks, r in zip(keys, right):
@@ -84,7 +76,7 @@ def main() -> None:
     print(f"{args.split}: {len(rows)} phrasings asked as text intents")
     right = []
     for name in args.models:
-        got = tags_as_text(IOSUMPangu.from_pretrained(name, verbose=False), rows)
+        got = ask(IOSUMPangu.from_pretrained(name, verbose=False), [as_intent(q) for _, _, q in rows], batch=64)
         right.append([g == tags for g, (tags, _, _) in zip(got, rows)])
         print(f"{name}: {100 * np.mean(right[-1]):.1f} % right", flush=True)
     mean = np.mean(right, axis=0)
