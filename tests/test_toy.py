@@ -46,22 +46,23 @@ def test_toy_world_is_deterministic(tmp_path):
 
 def test_stage0_corpus_holds_no_instruction_of_any_split(toy):
     corpus = toy["corpus"].read_text(encoding="utf-8")
+    corpus_lines = corpus.splitlines()
     banks = [tasks.instruction_bank(t) for t in tasks.TASK_COMBOS]
     held_out = [s for b in banks for split in ("dev", "test") for s in b[split]]
     # a held-out phrasing in a line means its frame's words around the clauses are all in that line:
     # only such lines are searched (scanning the whole corpus for 1.4 M phrasings took minutes)
     frames = [f for by_count in tasks.FRAMES.values() for fs in by_count.values() for f in fs[1] + fs[2]]
     words = [[w for w in re.split(r"\{[aAbB]\}", f) if w] for f in frames]
-    lines = [line for line in corpus.splitlines() if any(all(w in line for w in ws) for ws in words)]
+    lines = [line for line in corpus_lines if any(all(w in line for w in ws) for ws in words)]
     assert lines  # the dev and test frames are there, around everyday requests (OTHER_REQUESTS)
     candidates = "\n".join(lines)
     assert held_out and not [s for s in held_out if s in candidates]
-    assert not set(corpus.splitlines()) & {s for b in banks for s in b["train"]}  # nor a train one (TOY_VERSION 9)
+    assert not set(corpus_lines) & {s for b in banks for s in b["train"]}  # nor a train one (TOY_VERSION 9)
     assert tasks.INTENT_ASK["en"] not in corpus  # no intent -> tag pair: stage 2 teaches those
     # ... but the words of every split are there, in clause lines told as something that happened
     clause_lines = [
         line
-        for line in corpus.splitlines()
+        for line in corpus_lines
         for f in toy_world.NARRATIVE["en"] + toy_world.NARRATIVE["zh"]
         if line.startswith(f.split("{}")[0]) and line.endswith(f.split("{}")[1])
     ]
