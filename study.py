@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
                    help="training processes at once (2: the toy Whisper beside the toy LLM, the ablation beside "
                    "stages 1-3), each with --threads")  # fmt: skip
     p.add_argument("--scale", type=float, default=1.0, help="multiply every schedule's steps (tests: 0.01)")
-    p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=(80, 5, 10),
+    p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=(80, 20, 40),
                    help="toy utterances per task combination and split")  # fmt: skip
     p.add_argument("--reading", type=int, default=READING_PER_TRAIN,
                    help="stage-0 reading lines: text-only utterances per train utterance (toy.py)")  # fmt: skip

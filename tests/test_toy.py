@@ -26,18 +26,29 @@ def toy(tmp_path_factory):
 
 
 def test_toy_world_is_deterministic(tmp_path):
+    """The same seed gives the same world, byte for byte; the held-out splits' sizes change the
+    held-out splits only (they draw from streams of their own): the train side is the same."""
     kw = dict(n_train=1, n_dev=1, n_test=1, n_shards=2)
     a = toy_world.build_toy_world(tmp_path / "a", seed=11, **kw)
     b = toy_world.build_toy_world(tmp_path / "b", seed=11, **kw)
     c = toy_world.build_toy_world(tmp_path / "c", seed=12, **kw)
+    d = toy_world.build_toy_world(tmp_path / "d", seed=11, **{**kw, "n_dev": 2, "n_test": 3})
     files = lambda root: {  # noqa: E731
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
-    fa, fb, fc = files(a["root"]), files(b["root"]), files(c["root"])
+    fa, fb, fc, fd = files(a["root"]), files(b["root"]), files(c["root"]), files(d["root"])
     assert fa.keys() == fb.keys() and len(fa) > 10
     for name in fa:
         assert fa[name] == fb[name], name
     assert fa["dev/data.list"] != fc["dev/data.list"]
+    trained = [n for n in fa if n.split("/")[0] not in ("dev", "test", "toy_world.json")]
+    assert {"corpus.txt", "tokenizer.model", "train/shards_000000.tar", "train/alignment.jsonl"} <= set(trained)
+    for name in trained:
+        assert fa[name] == fd[name], name
+    lines = lambda f, split: len(f[f"{split}/data.list"].decode().splitlines())  # noqa: E731
+    n_combos = len(tasks.TASK_COMBOS)
+    assert (lines(fd, "dev"), lines(fd, "test")) == (2 * n_combos, 3 * n_combos)
+    assert (lines(fa, "dev"), lines(fa, "test")) == (n_combos, n_combos)
     # ensure_toy_world is a no-op on a built world with the same parameters
     stamp = a["index"].stat().st_mtime_ns
     toy_world.ensure_toy_world(tmp_path / "a", seed=11, **kw)
