@@ -879,7 +879,7 @@ def build_toy_world(
     # so that their sizes never change what is trained: the train side is the same for any n_dev
     # and n_test (tested). Until TOY_VERSION 9 they came from the world's one stream, 5 and 10
     # utterances a combination: the test IFR of a seed rested on 130 lines (a binomial standard
-    # error of ~4 points at 75 %) and each label task's accuracy on ~10 (~15 points).
+    # error of ~4 points at 75 %) and each label task's accuracy on ~20 (~11 points).
     for number, (split, n) in enumerate((("dev", n_dev), ("test", n_test)), start=1):
         held = np.random.default_rng([seed, number])
         written = _write_split(root, split, _toy_utterances(held, split, n, speakers), held, n_shards)
