@@ -29,7 +29,7 @@ import torch
 import train
 from checkpoint import atomic_write
 from model import IOSUMPangu
-from toy import READING_PER_TRAIN, ensure_toy_world, toy_params_at
+from toy import READING_PER_TRAIN, WORLD_SIZE, ensure_toy_world, toy_params_at
 
 # The paper's numbers for the tables' "paper" columns (docs/release.md §8; Tables 2, 3, 6).
 PAPER_IFR = {"decoupled": 90.2, "joint": 51.5, "Qwen2-Audio-Instruct": 71.3}
@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
                    help="training processes at once (2: the toy Whisper beside the toy LLM, the ablation beside "
                    "stages 1-3), each with --threads")  # fmt: skip
     p.add_argument("--scale", type=float, default=1.0, help="multiply every schedule's steps (tests: 0.01)")
-    p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=(80, 20, 40),
+    p.add_argument("--world-size", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), default=WORLD_SIZE,
                    help="toy utterances per task combination and split")  # fmt: skip
     p.add_argument("--reading", type=int, default=READING_PER_TRAIN,
                    help="stage-0 reading lines: text-only utterances per train utterance (toy.py)")  # fmt: skip

@@ -381,6 +381,11 @@ TOY_VERSION = 10  # 2: tokenizer_config.json, train.json; 3: instruction grammar
 # 10: dev and test from streams of their own, 4x larger (20 and 40 utterances a task combination)
 
 
+# Utterances per task combination of the default world (train, dev, test): one place, since
+# study.py, train.py and the benches all ask for the default world and a mismatch would rebuild it.
+WORLD_SIZE = (80, 20, 40)
+
+
 def _toy_params(seed: int, n_train: int, n_dev: int, n_test: int, n_shards: int, reading: int) -> dict:
     return {
         "version": TOY_VERSION,
@@ -858,9 +863,9 @@ def _write_tokenizer(corpus: list[str], folder: Path) -> None:
 def build_toy_world(
     root: str | Path,
     seed: int = 1234,
-    n_train: int = 80,
-    n_dev: int = 20,
-    n_test: int = 40,
+    n_train: int = WORLD_SIZE[0],
+    n_dev: int = WORLD_SIZE[1],
+    n_test: int = WORLD_SIZE[2],
     n_shards: int = 8,
     reading: int = READING_PER_TRAIN,
 ) -> dict[str, Path]:
@@ -901,9 +906,9 @@ def build_toy_world(
 def ensure_toy_world(
     root: str | Path = "toy_data",
     seed: int = 1234,
-    n_train: int = 80,
-    n_dev: int = 20,
-    n_test: int = 40,
+    n_train: int = WORLD_SIZE[0],
+    n_dev: int = WORLD_SIZE[1],
+    n_test: int = WORLD_SIZE[2],
     n_shards: int = 8,
     reading: int = READING_PER_TRAIN,
 ) -> dict[str, Path]:

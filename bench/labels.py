@@ -31,14 +31,11 @@ LABELS = ("gender", "age", "emotion", "style")
 
 
 @torch.no_grad()
-def word_frames(model: IOSUMPangu, sample: dict) -> dict[str, torch.Tensor]:
+def word_frames(model: IOSUMPangu, sample: dict, audio: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
     """One utterance's encoder states (20 ms) and adapter vectors (80 ms) on its word frames."""
-    audio = data.decode_audio(sample)
-    mel = log_mel_spectrogram(audio)[None]
-    enc, lengths = model.encoder(mel, torch.tensor([mel.shape[-1]]))
+    enc, lengths = model.encoder(mel[None], torch.tensor([mel.shape[-1]]))
     vec, _ = model.adapter(enc, lengths)
-    extra = sample["extra"]
-    heard = {"samples": len(audio), "times": extra["times"], "event_span": None}
+    heard = {"samples": len(audio), "times": sample["extra"]["times"], "event_span": None}
     out = {}
     for name, x, per in (("encoder", enc[0], 2), ("adapter", vec[0], 8)):
         rows = [k for k, (what, _) in enumerate(toy.frame_contents(heard, per)) if what == "word" and k < len(x)]
@@ -82,9 +79,11 @@ def main() -> None:
     train = list(data.read_shard_list(paths["train"]))[: args.train]
     held = list(data.read_raw_list(paths[args.split]))
     print(f"{len(train)} train utterances -> {len(held)} {args.split} utterances (held-out speakers)")
+    audio = {id(s): data.decode_audio(s) for s in train + held}  # read once, for every model
+    mels = {k: log_mel_spectrogram(a) for k, a in audio.items()}
     for name in args.models:
         model = IOSUMPangu.from_pretrained(name, verbose=False).eval()
-        states = {id(s): word_frames(model, s) for s in train + held}
+        states = {id(s): word_frames(model, s, audio[id(s)], mels[id(s)]) for s in train + held}
         head = "| label | encoder, a frame % | encoder, an utterance % | adapter, a frame % | adapter, an utterance % |"
         print(f"\n{name}\n{head}\n| --- | ---: | ---: | ---: | ---: |")
         for label in LABELS:
