@@ -373,12 +373,13 @@ def train_toy_tokenizer(lines: list[str], path: Path, vocab_size: int = 1280) ->
     (path.parent / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
 
-TOY_VERSION = 10  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
+TOY_VERSION = 11  # 2: tokenizer_config.json, train.json; 3: instruction grammar, dev speakers, prompt pieces;
 # 4: alignment.jsonl, stage-0 speech spans as frames; 5: richer train grammar, more carriers, 1280 pieces;
 # 6: layouts drawn before the audio, stage-0 reading lines (READING_PER_TRAIN); 7: reading lines without
 # an instruction (`--reading R`); 8: train and dev frames of every test frame's kind (tasks.frame_kinds);
 # 9: stage-0 clause lines (words of every split alike) in place of the train phrasings as plain text;
-# 10: dev and test from streams of their own, 4x larger (20 and 40 utterances a task combination)
+# 10: dev and test from streams of their own, 4x larger (20 and 40 utterances a task combination);
+# 11: the speaker's attributes on the silence frames of a stage-0 span, no longer on its word frames
 
 
 # Utterances per task combination of the default world (train, dev, test): one place, since
@@ -515,16 +516,19 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
 # speaker's attributes. A toy LLM of 3 M parameters, unlike openPangu, cannot read whatever
 # vectors an adapter writes: what stage 0 teaches it to read is a span shaped like the speech
 # span, one "frame" per adapter vector (80 ms), each frame the sum of the embeddings of what that
-# 80 ms holds: a word and the speaker's gender, age, emotion and style, or an event, or silence,
+# 80 ms holds: a word, or an event, or silence with the speaker's gender, age, emotion and style,
 # and a clock piece (frame k -> CLOCK[k]) from which the times of `<align>` are read. Stage 1
 # (LLM frozen) then has to make the adapter write such frames from the audio, as the release's
 # stage 1 makes its adapter write what openPangu reads. (our choice; README, "Rung 1".)
+# The attributes ride on the silence frames (every toy utterance begins with one), apart from the
+# words: on the word frames (until TOY_VERSION 11) the frozen LLM read both from the same vectors,
+# and every way found to make the adapter write the labels cost the words (README, "What limits it").
 # pieces of their own in the toy tokenizer (square brackets: no tag or label pattern matches them)
 SPAN_OPEN, SPAN_CLOSE, SILENCE = "[speech]", "[/speech]", "[silence]"  # the first two stand for bos_s / eos_s
 CLOCK = tuple(f"[t{k}]" for k in range(48))  # frame k's clock: 0-3.84 s (longer spans share the last)
 FRAME_SEP, PIECE_SEP = "|", "+"  # how corpus.txt writes a span: frames by |, pieces by +
 SOUNDS = ("<SILENCE>", *TOY_WORDS, *TOY_LABELS["<caption>"])  # what a frame holds (toy Whisper's classes)
-ATTRIBUTES = ("gender", "age", "emotion", "style")  # the speaker's, on word frames
+ATTRIBUTES = ("gender", "age", "emotion", "style")  # the speaker's: the toy Whisper's heads, stage 0's silence frames
 
 
 def span_frames(samples: int, per: int = 8) -> int:
@@ -554,14 +558,16 @@ _SPAN = re.compile(re.escape(SPAN_OPEN) + "(.*?)" + re.escape(SPAN_CLOSE))
 
 
 def heard_span(heard: dict) -> str:
-    """An utterance's speech span as stage 0 writes it: '[t0]+[silence]|[t1]+two+<MALE>+<ADULT>+...'."""
+    """An utterance's speech span as stage 0 writes it: '[t0]+[silence]+<MALE>+<ADULT>+...|[t1]+two|...'."""
     frames = []
     for k, (what, i) in enumerate(frame_contents(heard)):
         pieces = [CLOCK[min(k, len(CLOCK) - 1)]]
         if what == "word":
-            pieces += [heard["words"][i]] + [heard[a] for a in ATTRIBUTES]
+            pieces.append(heard["words"][i])
+        elif what == "event":
+            pieces.append(heard["event"])
         else:
-            pieces.append(heard["event"] if what == "event" else SILENCE)
+            pieces += [SILENCE] + [heard[a] for a in ATTRIBUTES]
         frames.append(PIECE_SEP.join(pieces))
     return FRAME_SEP.join(frames)
 

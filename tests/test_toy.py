@@ -263,6 +263,24 @@ def test_stage0_speech_spans_have_the_shape_of_the_adapter_output(toy):
     assert checked == len(heard)
 
 
+def test_stage0_spans_keep_the_speaker_apart_from_the_words(toy):
+    """No word frame of a stage-0 span holds a speaker attribute; every span holds each of its
+    speaker's four on a silence frame (TOY_VERSION 11: on word frames, the frozen LLM read both
+    from the same vectors and the labels cost the words; README)."""
+    heard = toy_world.read_alignment(toy["train"].parent / "alignment.jsonl")
+    attributes = {label for labels in toy_world.TOY_LABELS.values() for label in labels}
+    for key, h in heard.items():
+        frames = [f.split(toy_world.PIECE_SEP) for f in toy_world.heard_span(h).split(toy_world.FRAME_SEP)]
+        kinds = [what for what, _ in toy_world.frame_contents(h)]
+        assert "word" in kinds and len(kinds) == len(frames), key
+        for what, pieces in zip(kinds, frames):
+            if what == "word":
+                assert not attributes & set(pieces) and len(pieces) == 2, (key, pieces)
+        silent = [set(p) for what, p in zip(kinds, frames) if what == "silence"]
+        speaker = {h[a] for a in toy_world.ATTRIBUTES}
+        assert silent and all(speaker <= p and toy_world.SILENCE in p for p in silent), key
+
+
 def test_stage0_frames_are_summed_inputs_and_never_targets(toy):
     tok = PanguTokenizer(toy["tokenizer"])
     lines = [line.replace("\\n", "\n") for line in toy["corpus"].read_text(encoding="utf-8").splitlines()]
