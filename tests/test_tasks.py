@@ -110,3 +110,31 @@ def test_phrasings_bench_finds_each_instructions_frame():
     assert bench.error_kind(("<asr>", "<style>"), ("<style>",)) == "+<asr>"
     assert bench.error_kind(("<asr>",), ("<asr>", "<emotion>")) == "-<emotion>"
     assert bench.error_kind(("<age>",), ("<gender>",)) == "other"
+
+
+def test_fi_nl_bench_scores_the_lines_with_their_tags_right(tmp_path, monkeypatch, capsys):
+    """bench/fi_nl.py's last row keeps the NL lines whose tags are right: a line that lost its
+    <asr> (and with it the transcript) counts in the NL row, not in the tags-right one."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "fi_nl.py"
+    spec = importlib.util.spec_from_file_location("fi_nl", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    line = {"task": "<TRANSCRIBE>", "lang": "en", "txt": "two one", "finished": True, "error": None}
+    fi = [{**line, "key": k, "output": "<asr>two one"} for k in "ab"]
+    nl = [{**line, "key": "a", "output": "<asr>two one"}, {**line, "key": "b", "output": "<age><ADULT>"}]
+    for name, records in (("decoupled_fi", fi), ("decoupled", nl)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [bench.tags_right(r) for r in nl] == [True, False]
+    monkeypatch.setattr(sys, "argv", ["fi_nl.py", str(tmp_path)])
+    bench.main()
+    rows = {r.split("|")[1].strip(): r.split("|")[2:4] for r in capsys.readouterr().out.splitlines()[2:]}
+    assert {k: [c.strip() for c in v] for k, v in rows.items()} == {
+        "FI": ["2", "0.0"],
+        "NL": ["2", "50.0"],
+        "NL, tags right": ["1", "0.0"],
+    }
