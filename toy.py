@@ -522,7 +522,7 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
 # stage 1 makes its adapter write what openPangu reads. (our choice; README, "Rung 1".)
 # The attributes ride on the silence frames (every toy utterance begins with one), apart from the
 # words: on the word frames (until TOY_VERSION 11) the frozen LLM read both from the same vectors,
-# and every way found to make the adapter write the labels cost the words (README, "What limits it").
+# and every way found to make the adapter write the labels cost the words (docs/study/limits.md).
 # pieces of their own in the toy tokenizer (square brackets: no tag or label pattern matches them)
 SPAN_OPEN, SPAN_CLOSE, SILENCE = "[speech]", "[/speech]", "[silence]"  # the first two stand for bos_s / eos_s
 CLOCK = tuple(f"[t{k}]" for k in range(48))  # frame k's clock: 0-3.84 s (longer spans share the last)
@@ -709,7 +709,7 @@ SYNONYM = {"en": ("{} means {}", "{} is another word for {}"), "zh": ("{}就是{
 # where it has read "transcribe". Until TOY_VERSION 8 the corpus held 800 train phrasings a
 # language as plain text instead: then only the train words were ever in an instruction's words,
 # and the stage-2 model read a held-out word as noise (dev phrasings asked as text, 3 seeds: 86.0 %
-# right with them, 91.8 with clause lines, 85.2 with neither; README, "What limits it").
+# right with them, 91.8 with clause lines, 85.2 with neither; docs/study/limits.md).
 CLAUSE_LINES = 800  # per language
 NARRATIVE = {
     "en": [
@@ -782,7 +782,7 @@ def _chat_lines(spec: dict, times, heard: dict, rng: np.random.Generator) -> lis
 # stage 3 (600 steps), by a rule written before two of the three seeds ran (decoupled IFR + its
 # gap to the ablation higher, IFR at most 2 points lower, WER not higher): with 3 90.3 / 82.1,
 # 24 %; with 0 90.8 / 89.7, 58 %. So the study runs with 3; the label tasks are lower with them
-# (README, "What limits it").
+# (docs/study/limits.md).
 READING_PER_TRAIN = 3
 
 

@@ -17,7 +17,7 @@ the study's decoding (greedy, training layout).
     python bench/intents.py                                                  # runs/toy/stage3/final
     python bench/intents.py --model runs/toy/stage2/final runs/toy/joint/final
 
-Measured (toy study, 3 seeds, 2-core AMD EPYC): see README "What limits it".
+Measured (toy study, 3 seeds, 2-core AMD EPYC): see docs/study/limits.md.
 """
 
 import argparse

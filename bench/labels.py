@@ -5,12 +5,12 @@ train utterances and of every utterance of the held-out split (its speakers are 
 each label (gender, age, emotion, style) a linear probe trained on the train utterances' word
 frames and scored on the held-out ones, per word frame and per utterance (the mean of its word
 frames). Beside what the model answers (ifr_eval.py with the fixed tags), this says where the
-labels go between the audio and the frozen LLM ("What limits it" in the README).
+labels go between the audio and the frozen LLM (docs/study/limits.md).
 
     python bench/labels.py runs/toy/stage1/final                  # the study's stage-1 model, test
     python bench/labels.py --split dev runs/toy*/stage1/final
 
-Measured (seed 1234, 2-core Intel Xeon): see README "What limits it".
+Measured (seed 1234, 2-core Intel Xeon): see docs/study/limits.md.
 """
 
 import argparse

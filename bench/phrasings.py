@@ -12,7 +12,7 @@ dropped, or other. Lines asked with the fixed tag string are left out. It runs n
     python bench/phrasings.py runs/toy*/eval/decoupled.jsonl                  # test frames
     python bench/phrasings.py --split dev DEV_RESULTS.jsonl
 
-Measured (the study's 3 seeds, test, 2-core AMD EPYC): see README "What limits it".
+Measured (the study's 3 seeds, test, 2-core AMD EPYC): see docs/study/limits.md.
 """
 
 import argparse

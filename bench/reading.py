@@ -1,4 +1,4 @@
-"""Can the toy LLM read a speech span? The diagnostic behind the stage-0 bullet of README "What limits it".
+"""Can the toy LLM read a speech span? The diagnostic behind the stage-0 bullets of docs/study/limits.md.
 
 Two measurements on the dev utterances of a toy world, both with the *exact* stage-0 frames
 (`toy.heard_span`: no audio, no adapter), asked with the fixed tag instruction in the speech
@@ -20,7 +20,7 @@ task's, text-only: exact frames again), and every arithmetic fact of the stage-0
 plain text ("what is two plus four ?"): whether the toy LLM answers a question it reads, and
 whether it knows the answer at all.
 
-Measured (2-core AMD EPYC, one thread, seed 0; README): see "What limits it".
+Measured (2-core AMD EPYC, one thread, seed 0): see docs/study/limits.md.
 """
 
 import argparse

@@ -11,7 +11,7 @@ and 3 teach, which the speech IFR stands on ("Where the Table-6 gap went" in the
     python bench/words.py runs/toy*/stage2/final                   # the study's stage-2 models, dev
     python bench/words.py --split test runs/toy/stage3/final
 
-Measured (the study's 3 seeds, dev, 2-core Intel Xeon): see README "What limits it".
+Measured (the study's 3 seeds, dev, 2-core Intel Xeon): see docs/study/limits.md.
 """
 
 import argparse
