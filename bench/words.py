@@ -6,7 +6,7 @@ combination and language (a fixed seed, the same for every model), asks each mod
 tags as stage-2 text intents (greedy, only the leading tags compared exactly, as ifr_eval.py's
 intent rule), and prints the % right per model, then (the models' mean) by how many held-out words
 a phrasing has, by frame, and by held-out word. It reads no audio: the text skill that stages 2
-and 3 teach, which the speech IFR stands on ("Where the Table-6 gap went" in the README).
+and 3 teach, which the speech IFR stands on ("Where the Table-6 gap went" in docs/study/limits.md).
 
     python bench/words.py runs/toy*/stage2/final                   # the study's stage-2 models, dev
     python bench/words.py --split test runs/toy/stage3/final
