@@ -523,7 +523,8 @@ def _write_split(root: Path, split: str, specs: list[dict], rng: np.random.Gener
 # The attributes ride on the silence frames (every toy utterance begins with one), apart from the
 # words: on the word frames (until TOY_VERSION 11) the frozen LLM read both from the same vectors,
 # and every way found to make the adapter write the labels cost the words (docs/study/limits.md).
-# pieces of their own in the toy tokenizer (square brackets: no tag or label pattern matches them)
+# The span's markers, silence and clock are pieces of their own in the toy tokenizer (square
+# brackets: no tag or label pattern matches them).
 SPAN_OPEN, SPAN_CLOSE, SILENCE = "[speech]", "[/speech]", "[silence]"  # the first two stand for bos_s / eos_s
 CLOCK = tuple(f"[t{k}]" for k in range(48))  # frame k's clock: 0-3.84 s (longer spans share the last)
 FRAME_SEP, PIECE_SEP = "|", "+"  # how corpus.txt writes a span: frames by |, pieces by +

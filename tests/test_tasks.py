@@ -83,16 +83,21 @@ def test_dev_and_test_words_are_new_to_instructions():
         assert len(new) >= len(lexicon), lang
 
 
-def test_phrasings_bench_finds_each_instructions_frame():
-    """bench/phrasings.py reads the frame back from an instruction: for every split, language,
-    tag count and frame, the frame filled with clauses of its split is found as that frame."""
+def _bench(name: str):
+    """A bench/ script as a module (bench/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "phrasings.py"
-    spec = importlib.util.spec_from_file_location("phrasings", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_phrasings_bench_finds_each_instructions_frame():
+    """bench/phrasings.py reads the frame back from an instruction: for every split, language,
+    tag count and frame, the frame filled with clauses of its split is found as that frame."""
+    bench = _bench("phrasings")
     checked = 0
     for split in tasks.SPLITS:
         for lang, by_count in tasks.FRAMES.items():
@@ -115,15 +120,10 @@ def test_phrasings_bench_finds_each_instructions_frame():
 def test_fi_nl_bench_scores_the_lines_with_their_tags_right(tmp_path, monkeypatch, capsys):
     """bench/fi_nl.py's last row keeps the NL lines whose tags are right: a line that lost its
     <asr> (and with it the transcript) counts in the NL row, not in the tags-right one."""
-    import importlib.util
     import json
     import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "fi_nl.py"
-    spec = importlib.util.spec_from_file_location("fi_nl", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("fi_nl")
     line = {"task": "<TRANSCRIBE>", "lang": "en", "txt": "two one", "finished": True, "error": None}
     fi = [{**line, "key": k, "output": "<asr>two one"} for k in "ab"]
     nl = [{**line, "key": "a", "output": "<asr>two one"}, {**line, "key": "b", "output": "<age><ADULT>"}]

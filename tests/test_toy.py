@@ -266,7 +266,7 @@ def test_stage0_speech_spans_have_the_shape_of_the_adapter_output(toy):
 def test_stage0_spans_keep_the_speaker_apart_from_the_words(toy):
     """No word frame of a stage-0 span holds a speaker attribute; every span holds each of its
     speaker's four on a silence frame (TOY_VERSION 11: on word frames, the frozen LLM read both
-    from the same vectors and the labels cost the words; README)."""
+    from the same vectors and the labels cost the words; docs/study/limits.md)."""
     heard = toy_world.read_alignment(toy["train"].parent / "alignment.jsonl")
     attributes = {label for labels in toy_world.TOY_LABELS.values() for label in labels}
     for key, h in heard.items():
