@@ -1098,7 +1098,7 @@ def corpus_blocks(lines: list[str], tokenizer, block: int, batch: int, seed: int
     line attends to itself only, from position 0, as a speech prompt does in stages 1-3: packed
     without it, a line's answer could attend to the frames of the lines before it, and a line cut
     at a block's end kept its answer without (all of) its speech span (18 % of the chat lines);
-    the toy LLM then did not learn to read frames (README)."""
+    the toy LLM then did not learn to read frames (README, stage 0; docs/study/limits.md)."""
     docs = []
     for line in lines:
         docs.append((line_positions(line, tokenizer) + [[tokenizer.eos_id]])[: block + 1])

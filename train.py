@@ -62,16 +62,17 @@ RELEASE = dict(
 # otherwise the release's.) "joint" is the ablation: stages 1-3 in one run, s1 + s2 + s3 steps.
 TOY = {
     # stage 0 at 1e-3: at 3e-3 (peak at step 300) a fresh toy LLM trained on reading lines alone never
-    # learnt to read frames (dev WER 97 % after 300 steps), at 1e-3 it did (2.7 %; bench/reading.py, README).
+    # learnt to read frames (dev WER 97 % after 300 steps), at 1e-3 it did (2.7 %; bench/reading.py,
+    # docs/study/limits.md).
     # 800 steps: seed 1234's toy LLM read exact frames better (29 against 48 % WER), its study did worse
-    # (dev IFR 71 against 88 %, WER 46 against 34 %; README)
+    # (dev IFR 71 against 88 %, WER 46 against 34 %; docs/study/limits.md)
     0: dict(lr=1e-3, warmup=100, steps=600, block=256, batch_size=8),
-    1: dict(lr=1e-3, warmup=30, steps=600),  # at 3e-3 the adapter stayed position-only (README)
+    1: dict(lr=1e-3, warmup=30, steps=600),  # at 3e-3 the adapter stayed position-only (docs/study/history.md)
     2: dict(lr=5e-3, warmup=20, steps=300),
     # stage 3: LoRA at 3e-3, the speech side at 1e-3 (at 3e-3 the adapter lost words: 88 vs 79 % WER;
-    # LoRA at 1e-3 lost intents: 52 vs 68 % IFR; seed 1234, README)
+    # LoRA at 1e-3 lost intents: 52 vs 68 % IFR; seed 1234, docs/study/history.md)
     # 600 steps: at 300 the adapter's words were still worse than stage 1 left them (dev WER 76 % with
-    # natural language, 58 % at 600; IFR 88 vs 91 %; 3 seeds, README)
+    # natural language, 58 % at 600; IFR 88 vs 91 %; 3 seeds, docs/study/limits.md)
     3: dict(lr=3e-3, warmup=20, steps=600, speech_lr=1e-3),
 }
 ATTRIBUTE_WEIGHT = 0.1  # the toy Whisper's attribute heads beside its sound head (whisper_step)
@@ -267,7 +268,8 @@ def train_loop(
         betas=(0.9, 0.99),
         eps=1e-6,
         weight_decay=args.weight_decay,
-        # one kernel for all the parameters: the toy's stage-1 update 10 -> 2.5 ms (README, the loop's speed)
+        # one kernel for all the parameters: the toy's stage-1 update 10 -> 2.5 ms (docs/study/limits.md,
+        # the loop's speed)
         fused=device.split(":")[0] in ("cpu", "cuda"),
     )
     step, bad = 0, 0
