@@ -482,6 +482,37 @@ def test_speech_side_and_lora_follow_their_own_peak_lr(stages):
     assert train.parse_args(["--stage", "3"]).speech_lr == 1e-3 and train.parse_args(["--stage", "1"]).speech_lr is None
 
 
+def test_final_is_the_mean_of_the_last_saves(stages):
+    """--average N: final/ holds each trained tensor's mean over the run's last N saves (the toy's
+    stage 3 and ablation: 3), the frozen ones as they started; --average 1 keeps the last step.
+    Exact: the mean is taken in float64 and rounded once to float32, the same IEEE operations
+    element by element on any CPU, as the reference below takes it."""
+    root, _ = stages
+    init = ["--init", str(root / "runs" / "stage2" / "final"), "--steps", "4", "--save-every", "1", "--eval-every", "0"]
+    finals = {}
+    for n in (1, 3):
+        out = root / f"average{n}"
+        before = {}
+        res = run_main(stage_args(root, 3, "--out", str(out), "--average", str(n), *init), before)
+        saves = sorted(out.glob("step_*"))
+        assert [p.name for p in saves] == ["step_0000002", "step_0000003", "step_0000004"]  # --keep 3
+        weights = [load_file(p / "model.safetensors") for p in saves]
+        final = load_file(out / "final" / "model.safetensors")
+        for name, p in res["model"].named_parameters():
+            if p.requires_grad:
+                picked = weights[-n:]
+                mean = (sum(w[name].double() for w in picked) / n).float()
+                torch.testing.assert_close(final[name], mean, rtol=0, atol=0, msg=name)
+            else:
+                assert torch.equal(final[name], before[name].to(final[name].dtype)), name
+        finals[n] = final
+    lora = [k for k in weights[0] if ".lora_" in k]
+    assert lora and any(not torch.equal(finals[1][k], finals[3][k]) for k in lora)  # the mean is not the last step
+    assert train.parse_args(["--stage", "3"]).average == 3 and train.parse_args(["--stage", "2"]).average == 1
+    with pytest.raises(SystemExit):
+        train.parse_args(["--stage", "3", "--average", "4"])  # more than --keep saves
+
+
 def test_resume_continues_exactly_on_the_real_model(stages):
     # stage 3 on speech: encoder + adapter + LoRA, dropout, SpecAugment + SpecSub
     root, _ = stages
