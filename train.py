@@ -169,13 +169,14 @@ def save_checkpoint(out: Path, step: int, weights: dict, config: dict, state: di
     return final
 
 
-def average_saves(out: Path, model: torch.nn.Module, n: int) -> list[Path]:
+def average_saves(out: Path, model: torch.nn.Module, n: int, last_step: int) -> list[Path]:
     """Set the model's trained tensors to their mean over the last n saves in `out` (fewer if the
     run saved fewer), as WeNet's average_model.py averages a recipe's last checkpoints, and return
     the saves used. The toy's learning rate never anneals (1/sqrt decay after the warm-up), so its
     last step is one noisy point of the run's end; the mean of three is a steadier one. A save
-    holds the trained tensors only (`trainable_state`): its keys must be the model's."""
-    saves = sorted(p for p in out.glob("step_*") if p.is_dir())[-n:]
+    holds the trained tensors only (`trainable_state`): its keys must be the model's. Saves past
+    `last_step` (an older, longer run in the same folder) are never taken."""
+    saves = sorted(p for p in out.glob("step_*") if p.is_dir() and int(p.name[5:]) <= last_step)[-n:]
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros(p.shape, dtype=torch.float64) for name, p in trained.items()}
     for save in saves:
@@ -874,7 +875,7 @@ def run(args, on_step=None) -> dict:
     result = train_loop(args, model, step_fn, train_data, make_dev, cfg_json, device, rank, world, on_step)
     if rank == 0:
         if args.average > 1:
-            saves = average_saves(out, model, args.average)
+            saves = average_saves(out, model, args.average, result["step"])
             say(f"final: the mean of {len(saves)} saves ({', '.join(p.name for p in saves)})")
         result["final"] = save_final(out, model, tokenizer_file)
         say(f"saved {result['final']}")

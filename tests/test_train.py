@@ -4,12 +4,13 @@ resume, Gloo DDP, gradient checkpointing, and one short toy run per stage."""
 import json
 import math
 import os
+import shutil
 import sys
 import types
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import data
 import device
@@ -506,6 +507,11 @@ def test_final_is_the_mean_of_the_last_saves(stages):
             else:
                 assert torch.equal(final[name], before[name].to(final[name].dtype)), name
         finals[n] = final
+    # a longer old run's save left in the folder (step 9 > this run's 4) is never averaged in
+    stale = out / "step_0000009"
+    shutil.copytree(saves[-1], stale)
+    save_file({k: v + 1 for k, v in weights[-1].items()}, stale / "model.safetensors")
+    assert [p.name for p in train.average_saves(out, res["model"], 3, 4)] == [p.name for p in saves]
     lora = [k for k in weights[0] if ".lora_" in k]
     assert lora and any(not torch.equal(finals[1][k], finals[3][k]) for k in lora)  # the mean is not the last step
     assert train.parse_args(["--stage", "3"]).average == 3 and train.parse_args(["--stage", "2"]).average == 1
