@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
-from checkpoint import atomic_dir, atomic_write, count_params
+from checkpoint import atomic_dir, atomic_write, count_params, some_keys
 from device import BACKENDS, peak_memory_gb, pick_device, synchronize, use_bf16
 from model import IOSUMConfig, IOSUMPangu
 from pangu import IGNORE_ID, Pangu, PanguConfig, lm_loss, load_pangu
@@ -174,16 +174,20 @@ def average_saves(out: Path, model: torch.nn.Module, n: int, last_step: int) -> 
     run saved fewer), as WeNet's average_model.py averages a recipe's last checkpoints, and return
     the saves used. The toy's learning rate never anneals (1/sqrt decay after the warm-up), so its
     last step is one noisy point of the run's end; the mean of three is a steadier one. A save
-    holds the trained tensors only (`trainable_state`): its keys must be the model's. Saves past
+    holds the trained tensors only (`trainable_state`): its keys and shapes must be the model's. Saves past
     `last_step` (an older, longer run in the same folder) are never taken."""
     saves = sorted(p for p in out.glob("step_*") if p.is_dir() and int(p.name[5:]) <= last_step)[-n:]
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros(p.shape, dtype=torch.float64) for name, p in trained.items()}
     for save in saves:
         weights = load_file(save / "model.safetensors")
-        if weights.keys() != trained.keys():
-            odd = sorted(weights.keys() ^ trained.keys())
-            raise SystemExit(f"{save / 'model.safetensors'}: not this run's trained tensors (e.g. {odd[0]})")
+        missing, unexpected = sorted(trained.keys() - weights.keys()), sorted(weights.keys() - trained.keys())
+        shaped = sorted(k for k in weights.keys() & trained.keys() if weights[k].shape != trained[k].shape)
+        if missing or unexpected or shaped:
+            raise SystemExit(
+                f"{save / 'model.safetensors'}: not this run's trained tensors (missing: {some_keys(missing)}; "
+                f"unexpected: {some_keys(unexpected)}; mis-shaped: {some_keys(shaped)})"
+            )
         for name, w in weights.items():
             total[name] += w.double()
     with torch.no_grad():

@@ -503,6 +503,8 @@ def test_final_is_the_mean_of_the_last_saves(stages):
             if p.requires_grad:
                 picked = weights[-n:]
                 mean = (sum(w[name].double() for w in picked) / n).float()
+                # exact on any CPU: both sum the same float64 tensors in the same order and round once to
+                # float32; elementwise IEEE add / divide / cast are correctly rounded whatever the SIMD width
                 torch.testing.assert_close(final[name], mean, rtol=0, atol=0, msg=name)
             else:
                 assert torch.equal(final[name], before[name].to(final[name].dtype)), name
@@ -512,6 +514,11 @@ def test_final_is_the_mean_of_the_last_saves(stages):
     shutil.copytree(saves[-1], stale)
     save_file({k: v + 1 for k, v in weights[-1].items()}, stale / "model.safetensors")
     assert [p.name for p in train.average_saves(out, res["model"], 3, 4)] == [p.name for p in saves]
+    odd = out / "step_0000010"  # a save of other tensors: named in the error, with its odd keys
+    shutil.copytree(saves[-1], odd)
+    save_file({"bogus": torch.zeros(1)}, odd / "model.safetensors")
+    with pytest.raises(SystemExit, match="step_0000010.*unexpected: bogus;"):
+        train.average_saves(out, res["model"], 3, 10)
     lora = [k for k in weights[0] if ".lora_" in k]
     assert lora and any(not torch.equal(finals[1][k], finals[3][k]) for k in lora)  # the mean is not the last step
     assert train.parse_args(["--stage", "3"]).average == 3 and train.parse_args(["--stage", "2"]).average == 1
